@@ -1,0 +1,5 @@
+"""`python -m detoxedit` runs the CLI."""
+
+from detoxedit.cli import main
+
+main()

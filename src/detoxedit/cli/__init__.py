@@ -1,0 +1,64 @@
+"""The `detoxedit` command line: one Typer app; each command group lives in its own module.
+
+User mistakes (`DetoxeditError`) end with a one-line reason on stderr and exit code 2; bugs keep
+their traceback. Logging goes through rich; nothing is configured at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from detoxedit.errors import DetoxeditError
+
+app = typer.Typer(
+    name="detoxedit",
+    help="Detoxify chat LLMs by knowledge editing (SafeEdit, DINM and baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _register_commands() -> None:
+    """Imports the command modules, which add their commands to `app`."""
+    from detoxedit.cli import models_cmds  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `detoxedit` script."""
+    _register_commands()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return _exit(130)
+    except click.ClickException as err:
+        err.show()
+        return _exit(err.exit_code)
+    except (DetoxeditError, FileNotFoundError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return _exit(2)
+    return _exit(result if isinstance(result, int) else 0)
+
+
+def _exit(code: int) -> int:
+    if __name__ != "__main__":
+        sys.exit(code)
+    return code

@@ -1,0 +1,10 @@
+"""Edit methods, one module each, registered by name in `METHODS`.
+
+Importing this package registers the built-in methods. A new method is one new module that
+subclasses `EditMethod` and registers itself, plus one import line here.
+"""
+
+from detoxedit.methods import none  # noqa: F401
+from detoxedit.methods.base import METHODS, Edit, EditMethod, apply_deltas, applied, build_method, restore_weights
+
+__all__ = ["METHODS", "Edit", "EditMethod", "apply_deltas", "applied", "build_method", "restore_weights"]
