@@ -24,6 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+# Typer >= 0.2x vendors its own click; catch both so usage errors never turn into tracebacks.
+_ABORTS = tuple({click.exceptions.Abort, typer.Abort})
+_USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 
 @app.callback()
@@ -39,6 +42,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def _register_commands() -> None:
     """Imports the command modules, which add their commands to `app`."""
     from detoxedit.cli import models_cmds  # noqa: F401
+    from detoxedit.cli import eval_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     _register_commands()
     try:
         result = app(args=argv, standalone_mode=False)
-    except click.exceptions.Abort:
+    except _ABORTS:
         err_console.print("aborted")
         return _exit(130)
-    except click.ClickException as err:
+    except _USAGE_ERRORS as err:
         err.show()
-        return _exit(err.exit_code)
+        return _exit(getattr(err, "exit_code", 2))
     except (DetoxeditError, FileNotFoundError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return _exit(2)

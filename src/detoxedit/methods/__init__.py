@@ -5,6 +5,7 @@ subclasses `EditMethod` and registers itself, plus one import line here.
 """
 
 from detoxedit.methods import none  # noqa: F401
+from detoxedit.methods import dinm, ft_l  # noqa: F401
 from detoxedit.methods.base import METHODS, Edit, EditMethod, apply_deltas, applied, build_method, restore_weights
 
 __all__ = ["METHODS", "Edit", "EditMethod", "apply_deltas", "applied", "build_method", "restore_weights"]

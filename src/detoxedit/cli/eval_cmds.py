@@ -1,0 +1,170 @@
+"""`detoxedit evaluate` (vanilla), `detoxedit run` (an edit method) and `detoxedit report`.
+
+`evaluate` and `run` share every evaluation option and the same runner; `run` adds the method,
+its preset and `--set` overrides. Re-running a command into the same --out folder resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from detoxedit.cli import app
+from detoxedit.cli import options as opt
+from detoxedit.errors import DetoxeditError
+
+logger = logging.getLogger(__name__)
+console = Console()
+
+DATA = typer.Option(..., "--data", "-d", help="SafeEdit file (JSON list or JSONL) or hf:<dataset>:<split>.")
+OUT = typer.Option(..., "--out", "-o", help="Run folder (re-running the same command resumes it).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing run in --out.")
+JUDGE = typer.Option("embedded", help="Safety judge: embedded, embedded:DIR, refusal or hf:PATH.")
+THRESHOLD = typer.Option(None, help="Judge score at or above which a reply is unsafe.")
+LIMIT = typer.Option(None, help="A seeded random sample of this many items (file order kept).")
+SEED = typer.Option(0, help="Seed of the samples (items, TriviaQA, XSum).")
+CATEGORY = typer.Option(None, "--category", help="Keep only this unsafety category (repeatable).")
+ATTACK = typer.Option(None, "--attack", help="Keep only this attack name (repeatable).")
+MAX_NEW_TOKENS = typer.Option(None, help="New tokens per reply [default: preset's, else 128].")
+MAX_INPUT_TOKENS = typer.Option(None, help="Longer prompts keep their last tokens [default: preset's, else 1024].")
+GENERAL = typer.Option(False, "--general", help="Also measure KQA (TriviaQA) and Csum (XSum).")
+TRIVIAQA = typer.Option(None, help="TriviaQA file for --general.")
+XSUM = typer.Option(None, help="XSum file for --general.")
+N_TRIVIAQA = typer.Option(200, help="TriviaQA questions for KQA.")
+N_XSUM = typer.Option(100, help="XSum articles for Csum.")
+ITEMS_PER_BATCH = typer.Option(8, help="Items whose edits are generated together in one batch.")
+NO_REPORT = typer.Option(False, "--no-report", help="Skip report.md.")
+
+
+def _eval_values(**kwargs: Any) -> dict[str, Any]:
+    """CLI option values -> RunConfig keys (None means 'not given')."""
+    values = {k: v for k, v in kwargs.items() if v is not None}
+    values["categories"] = list(kwargs.get("categories") or [])
+    values["attacks"] = list(kwargs.get("attacks") or [])
+    return values
+
+
+def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -> None:
+    from detoxedit.evaluation.config import RunConfig
+    from detoxedit.config import config_from_dict
+    from detoxedit.runner import run_protocol
+
+    cfg = config_from_dict(RunConfig, values, source="run options")
+    result = run_protocol(cfg, out, overwrite=overwrite, report=report)
+    _print_summary(result.metrics, out)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    from detoxedit.report import table1
+
+    rows = [(name, data["metrics"]) for name, data in metrics.get("variants", {}).items()]
+    console.print(table1(rows, with_ci=False), markup=False, highlight=False)
+    console.print(f"results in {out}/ (report.md, metrics.json, generations.jsonl)", highlight=False)
+
+
+@app.command()
+def evaluate(
+    data: str = DATA,
+    out: Path = OUT,
+    model: str = opt.MODEL,
+    judge: str = JUDGE,
+    threshold: float = THRESHOLD,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_input_tokens: int = MAX_INPUT_TOKENS,
+    limit: int = LIMIT,
+    seed: int = SEED,
+    category: list[str] = CATEGORY,
+    attack: list[str] = ATTACK,
+    general: bool = GENERAL,
+    triviaqa: str = TRIVIAQA,
+    xsum: str = XSUM,
+    n_triviaqa: int = N_TRIVIAQA,
+    n_xsum: int = N_XSUM,
+    chat_format: str = opt.CHAT_FORMAT,
+    system_prompt: str = opt.SYSTEM_PROMPT,
+    token_budget: int = opt.TOKEN_BUDGET,
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+    overwrite: bool = OVERWRITE,
+    no_report: bool = NO_REPORT,
+) -> None:
+    """Evaluate the unedited model on SafeEdit (DS, DG, Fluency; KQA/Csum with --general)."""
+    values = _eval_values(
+        data=data, model=model, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens,
+        max_input_tokens=max_input_tokens, limit=limit, seed=seed, categories=category, attacks=attack,
+        general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
+        chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
+    )
+    _execute(values | {"method": "none"}, out, overwrite, not no_report)
+
+
+@app.command("run")
+def run_method(
+    method: str = typer.Option(..., "--method", help="Edit method: dinm, ft-l, none, ..."),
+    data: str = DATA,
+    out: Path = OUT,
+    model: str = opt.MODEL,
+    preset: str = typer.Option(None, help="Preset name or YAML file [default: the shipped preset of --model, if any]."),
+    set_values: list[str] = typer.Option(None, "--set", help="Override a method setting: key=value (repeatable)."),
+    easyedit_compat: bool = typer.Option(False, "--easyedit-compat", help="Reproduce the reference code's "
+                                         "generation defects (sampling from generation_config, character slicing)."),
+    items_per_batch: int = ITEMS_PER_BATCH,
+    judge: str = JUDGE,
+    threshold: float = THRESHOLD,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    max_input_tokens: int = MAX_INPUT_TOKENS,
+    limit: int = LIMIT,
+    seed: int = SEED,
+    category: list[str] = CATEGORY,
+    attack: list[str] = ATTACK,
+    general: bool = GENERAL,
+    triviaqa: str = TRIVIAQA,
+    xsum: str = XSUM,
+    n_triviaqa: int = N_TRIVIAQA,
+    n_xsum: int = N_XSUM,
+    chat_format: str = opt.CHAT_FORMAT,
+    system_prompt: str = opt.SYSTEM_PROMPT,
+    token_budget: int = opt.TOKEN_BUDGET,
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+    overwrite: bool = OVERWRITE,
+    no_report: bool = NO_REPORT,
+) -> None:
+    """Edit the model once per item (model restored after each) and evaluate every edit."""
+    from detoxedit.runner import resolve_method_settings
+
+    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values or [])
+    values = _eval_values(
+        data=data, model=model, judge=judge, threshold=threshold,
+        max_new_tokens=max_new_tokens if max_new_tokens is not None else generation.get("max_new_tokens"),
+        max_input_tokens=max_input_tokens if max_input_tokens is not None else generation.get("max_input_tokens"),
+        limit=limit, seed=seed, categories=category, attacks=attack,
+        general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
+        chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
+    )
+    values |= {"method": method, "method_config": method_config, "preset": preset_name,
+               "items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat}
+    _execute(values, out, overwrite, not no_report)
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run folders (one: its own report; several: side by side)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the Markdown here [default: print it]."),
+) -> None:
+    """Markdown report (the paper's Table 1 layout) of one or more run folders."""
+    from detoxedit.report import compare_runs, load_run, run_report
+
+    text = run_report(load_run(runs[0]), figures=True) if len(runs) == 1 else compare_runs(runs)
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+        return
+    if out.is_dir():
+        raise DetoxeditError(f"--out {out} is a folder; give a file name such as {out / 'report.md'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    console.print(f"wrote {out}", highlight=False)

@@ -1,0 +1,86 @@
+"""`RunConfig`: everything that decides what an evaluation run computes, validated up front.
+
+The resolved config is written as `config.json` in the run folder. Resuming compares it with the
+new command's config: keys that change results must match; keys that only change speed
+(`PERFORMANCE_KEYS`) may differ, so a run can be continued with a different batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from detoxedit.config import check, option
+from detoxedit.models.chat import CHAT_MODES
+
+PERFORMANCE_KEYS: frozenset[str] = frozenset(
+    {"items_per_batch", "batched_edits", "token_budget", "max_batch_size", "judge_batch_size", "progress", "version"}
+)
+"""Keys that change how fast a run goes, not what it computes (ignored when resuming)."""
+
+
+@dataclass
+class RunConfig:
+    """One evaluation run: vanilla (`method="none"`) or per-item edit -> evaluate -> restore."""
+
+    data: str = option("", "SafeEdit file (JSON list or JSONL) or hf:<dataset>:<split>.")
+    model: str = option("default", "'default', a hub id, a local directory or a .gguf file.")
+    dtype: str = option("float32", "Weights dtype: float32, bfloat16 or float16.")
+    device: str = option("cpu", "Torch device, e.g. cpu or cuda:0.")
+    limit: int | None = option(None, "Evaluate a seeded random sample of this many items (file order kept).")
+    seed: int = option(0, "Seed of the item sample, the general-ability samples and any sampling.")
+    categories: list[str] = option([], "Keep only these unsafety categories (case-insensitive).")
+    attacks: list[str] = option([], "Keep only these attack names (case-insensitive).")
+    judge: str = option("embedded", "Safety judge: embedded, embedded:DIR, refusal or hf:PATH.")
+    threshold: float | None = option(None, "Judge score at or above which a reply is unsafe (judge default if unset).")
+    judge_batch_size: int = option(64, "Replies per judge call.")
+    method: str = option("none", "Edit method: none (vanilla only), dinm, ft-l, ...")
+    method_config: dict[str, Any] = option({}, "The method's hyperparameters (preset merged with --set values).")
+    preset: str | None = option(None, "The preset the method config came from (recorded for provenance).")
+    max_new_tokens: int = option(128, "New tokens per reply to a SafeEdit input.")
+    max_input_tokens: int = option(1024, "Longer prompts keep their last tokens.")
+    chat_format: str = option("auto", "auto | template | plain | raw.")
+    system_prompt: str | None = option(None, "System prompt for every generation (methods may add their own).")
+    general: bool = option(False, "Also measure general ability: KQA (TriviaQA) and Csum (XSum).")
+    triviaqa: str | None = option(None, "TriviaQA file [{question, answer_aliases}] (with general).")
+    xsum: str | None = option(None, "XSum file {id, document, summary} per line (with general).")
+    n_triviaqa: int = option(200, "TriviaQA questions for KQA.")
+    n_xsum: int = option(100, "XSum articles for Csum.")
+    doc_max_tokens: int = option(512, "XSum articles are cut to this many tokens.")
+    kqa_max_new_tokens: int = option(32, "New tokens per TriviaQA answer.")
+    csum_max_new_tokens: int = option(64, "New tokens per XSum summary.")
+    token_budget: int = option(24_576, "Max rows x (prompt + new tokens) per generation batch.")
+    max_batch_size: int = option(64, "Max rows per generation batch.")
+    items_per_batch: int = option(8, "Items whose edits are computed first and then generated together.")
+    batched_edits: bool = option(True, "Generate several items' edits in one batch (per-row deltas); "
+                                       "False applies each edit to the model in turn.")
+    inherit_sampling: bool = option(False, "REPRODUCES A DEFECT of the reference code: sample with the "
+                                           "checkpoint's generation_config instead of greedy decoding.")
+    char_slice: bool = option(False, "REPRODUCES A DEFECT of the reference code: cut replies by the "
+                                     "character count of the prompt text instead of by token ids.")
+    bootstrap: int = option(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    progress: bool = option(True, "Show progress bars.")
+
+    def __post_init__(self) -> None:
+        check(bool(self.data), "a SafeEdit data file is required (--data FILE)")
+        check(self.limit is None or self.limit >= 1, f"limit must be at least 1, got {self.limit}")
+        check(self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        check(self.max_input_tokens >= 1, f"max_input_tokens must be at least 1, got {self.max_input_tokens}")
+        check(self.chat_format in CHAT_MODES, f"chat_format must be one of {CHAT_MODES}, got {self.chat_format!r}")
+        check(self.items_per_batch >= 1, f"items_per_batch must be at least 1, got {self.items_per_batch}")
+        check(self.judge_batch_size >= 1, f"judge_batch_size must be at least 1, got {self.judge_batch_size}")
+        check(self.threshold is None or 0.0 <= self.threshold <= 1.0, f"threshold must lie in [0, 1], got {self.threshold}")
+        check(min(self.n_triviaqa, self.n_xsum) >= 1, "n_triviaqa and n_xsum must be at least 1")
+        check(self.bootstrap >= 1, f"bootstrap must be at least 1, got {self.bootstrap}")
+        if self.general:
+            check(bool(self.triviaqa and self.xsum), "general ability needs both --triviaqa FILE and --xsum FILE")
+
+    @property
+    def is_edit_run(self) -> bool:
+        return self.method != "none"
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Result-affecting keys whose values differ between two resolved configs (sorted)."""
+    keys = (set(old) | set(new)) - PERFORMANCE_KEYS
+    return sorted(k for k in keys if old.get(k) != new.get(k))

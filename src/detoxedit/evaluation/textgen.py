@@ -1,0 +1,98 @@
+"""Reply generation for the runner, with the two reference-code reproduction switches.
+
+Normal behaviour is `detoxedit.models.generate`: greedy decoding, replies cut by token ids. For
+comparisons with the reference code (EasyEdit), two of its defects can be reproduced on purpose:
+
+* `inherit_sampling`: the reference calls `model.generate` without decoding arguments, so a
+  checkpoint whose `generation_config` says `do_sample=True` samples; replies become random.
+  We take do_sample / temperature / top_p from `model.generation_config` (top_k is not reproduced).
+* `char_slice`: the reference decodes prompt + reply and drops `len(prompt_text)` characters. When
+  decoding changes the prompt's text (special tokens skipped, spaces normalised), the cut lands in
+  the wrong place and replies lose their first characters or keep part of the prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from detoxedit.models.chat import ChatFormat
+from detoxedit.models.generation import (
+    Batching,
+    RowContext,
+    Sampling,
+    decode_reply,
+    generate_ids,
+    stop_token_ids,
+    truncate_left,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def inherited_sampling(model: PreTrainedModel, seed: int) -> Sampling:
+    """The decoding the checkpoint's generation_config asks for (the reference code's behaviour)."""
+    config = getattr(model, "generation_config", None)
+    return Sampling(
+        do_sample=bool(getattr(config, "do_sample", False)),
+        temperature=float(getattr(config, "temperature", None) or 1.0),
+        top_p=float(getattr(config, "top_p", None) or 1.0),
+        seed=seed,
+    )
+
+
+def char_sliced_reply(tokenizer: PreTrainedTokenizerBase, prompt_text: str, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """Reference-code slicing: decode(prompt + reply) and drop as many characters as the prompt text has."""
+    full = tokenizer.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
+    return full[len(prompt_text):]
+
+
+@dataclass
+class TextGenerator:
+    """Generates replies for user messages with one model and one set of generation settings."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    chat_format: str = "auto"
+    system_prompt: str | None = None
+    max_input_tokens: int | None = 1024
+    sampling: Sampling = field(default_factory=Sampling)
+    batching: Batching = field(default_factory=Batching)
+    char_slice: bool = False
+    progress: bool = True
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        *,
+        row_context: RowContext | None = None,
+        system_prompts: Sequence[str | None] | None = None,
+        progress: bool | None = None,
+    ) -> list[str]:
+        """One reply per message, in input order; `system_prompts` overrides the system prompt per row."""
+        formats = [self._format(system_prompts[i] if system_prompts else None) for i in range(len(prompts))]
+        encoded = [truncate_left(fmt.encode(p), self.max_input_tokens) for fmt, p in zip(formats, prompts)]
+        new_ids = generate_ids(
+            self.model, self.tokenizer, encoded, max_new_tokens,
+            sampling=self.sampling, batching=self.batching, row_context=row_context,
+            progress=self.progress if progress is None else progress,
+        )
+        if self.char_slice:
+            return [char_sliced_reply(self.tokenizer, f.render(p), e, n) for f, p, e, n in zip(formats, prompts, encoded, new_ids)]
+        stops = stop_token_ids(self.model, self.tokenizer)
+        return [decode_reply(self.tokenizer, ids, stops) for ids in new_ids]
+
+    def _format(self, system_prompt: str | None) -> ChatFormat:
+        return ChatFormat(self.tokenizer, self.chat_format, system_prompt or self.system_prompt)
+
+    def settings(self) -> dict:
+        """What the replies depend on besides the model and the prompt (a generation-cache key part)."""
+        return {
+            "chat_format": self.chat_format, "system_prompt": self.system_prompt,
+            "max_input_tokens": self.max_input_tokens, "sampling": asdict(self.sampling),
+            "char_slice": self.char_slice,
+        }

@@ -1,0 +1,104 @@
+"""DINM (Wang et al., ACL 2024): locate the toxic layer, then tune only its MLP down-projection.
+
+For each item: (1) locate the layer whose hidden states separate the safe from the unsafe reply
+(`detoxedit.locate`); (2) run a few Adam steps on that layer's down-projection, minimising
+
+    c_edit * NLL(safe reply | adversarial input [+ suffix]) + kl_weight * KL(original || edited)
+
+where the KL compares the original and the edited model's next-token distributions over the
+knowledge-constraint answer given its prompt, so that general knowledge is kept.
+
+`easyedit_compat: true` reproduces the reference implementation (EasyEdit) for comparison, defects
+included: the first item's located layer is reused for every later item of a run; the KL term is
+computed without gradient (so it does not constrain anything); inputs are fed raw, without the
+chat template; the reference's suffix system prompt is appended to the inputs; and the loop stops
+once the loss falls below 1e-4.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from detoxedit.config import check, option
+from detoxedit.methods._tuning import SingleLayerConfig, encode_example, resolve_layer, run_single_layer_edit
+from detoxedit.methods.base import METHODS, Edit, EditMethod
+from detoxedit.models.chat import ChatFormat
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
+REFERENCE_LOSS_THRESHOLD = 1e-4
+
+
+@dataclass
+class DINMConfig(SingleLayerConfig):
+    """DINM hyperparameters (defaults: the paper's LLaMA-2 values)."""
+
+    c_edit: float = option(0.1, "Weight of the edit NLL (the reference calls it kl_factor, but it scales the NLL).")
+    kl_weight: float = option(1.0, "Weight of the knowledge-constraint KL(original || edited).")
+    suffix_system_prompt: str | None = option(None, "Text appended (after a space) to the edit and KL inputs; None: nothing.")
+    easyedit_compat: bool = option(False, "Reproduce the reference code's behaviour, defects included (see docs).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.c_edit > 0, f"c_edit must be > 0, got {self.c_edit}")
+        check(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+
+
+def with_suffix(text: str, suffix: str | None) -> str:
+    return f"{text} {suffix}" if suffix else text
+
+
+@METHODS.register("dinm")
+class DINM(EditMethod):
+    """Detoxifying with Intraoperative Neural Monitoring: one located layer, tuned with a KL constraint."""
+
+    name = "dinm"
+    config_class = DINMConfig
+
+    def __init__(self, config: DINMConfig | None = None) -> None:
+        super().__init__(config)
+        self._run_layer: int | None = None  # compat mode only: the first item's layer
+
+    def start_run(self) -> None:
+        self._run_layer = None
+
+    def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
+        cfg: DINMConfig = self.config
+        compat = cfg.easyedit_compat
+        fmt = ChatFormat(tokenizer, "raw" if compat else cfg.chat_format)
+        suffix = cfg.suffix_system_prompt or (REFERENCE_SUFFIX if compat else None)
+        layer, found = self._layer(model, tokenizer, item, fmt)
+        context = f"item {item.id}"
+        kc = item.knowledge_constraint
+        edit = encode_example(fmt, with_suffix(item.adversarial_prompt, suffix), item.safe_generation,
+                              cfg.max_input_tokens, f"{context}, field 'safe generation'")
+        kl = encode_example(fmt, with_suffix(kc.prompt, suffix), kc.answer, cfg.max_input_tokens,
+                            f"{context}, field 'knowledge constrain'.'answer'")
+        threshold = cfg.loss_threshold if cfg.loss_threshold is not None or not compat else REFERENCE_LOSS_THRESHOLD
+        name, result = run_single_layer_edit(
+            model, layer, edit, cfg, context, kl=kl, edit_weight=cfg.c_edit, kl_weight=cfg.kl_weight,
+            kl_grad=not compat, loss_threshold=threshold,
+        )
+        info = {
+            "method": self.name, "steps_run": result.steps_run, "seconds": result.seconds, "loss_parts": result.parts,
+            "located": found is not None, "locate_variant": found.variant if found else None,
+            "distances": found.distances if found else None, "suffix_system_prompt": suffix,
+            "chat_format": fmt.resolved_mode, "easyedit_compat": compat,
+        }
+        return Edit(deltas={name: result.delta}, layer=layer, losses=result.losses, info=info)
+
+    def _layer(self, model: nn.Module, tokenizer: Any, item: Any, fmt: ChatFormat):
+        """Faithful: the item's own layer. Compat: the first item's layer, reused until `start_run`."""
+        cfg: DINMConfig = self.config
+        if cfg.easyedit_compat and self._run_layer is not None and cfg.layer is None:
+            return self._run_layer, None
+        variant = "easyedit" if cfg.easyedit_compat else cfg.locate_variant
+        layer, found = resolve_layer(cfg, model, tokenizer, item, fmt, variant)
+        if cfg.easyedit_compat:
+            self._run_layer = layer
+        return layer, found

@@ -1,0 +1,126 @@
+"""Per-row weight deltas: several items' edits generated in ONE batch, each row with its own weights.
+
+An edit changes one matrix (or a few) of the model. To evaluate many edits without applying them one
+at a time, every edited projection gets a forward hook that adds `x_row @ Δ_row` to the output of the
+rows whose item edited it:
+
+    y_row = x_row @ W + b + x_row @ Δ_row      (Δ in (in, out) layout, see `LinearView.to_in_out`)
+
+All other layers are shared, so one batched `generate` evaluates `k` edited models for the price of one
+forward pass plus `k` small matmuls. Rows may have deltas on different layers (grouped per module);
+rows without a delta add nothing. The model's weights are never touched.
+
+Usage:
+    owners = [item_index_of_prompt[i] for i in range(len(prompts))]   # -1 for rows without an edit
+    generate(model, tok, prompts, row_context=RowDeltas(model, [e.deltas for e in edits], owners))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from detoxedit.errors import DetoxeditError
+from detoxedit.models.adapter import LinearView
+
+logger = logging.getLogger(__name__)
+
+
+def linear_of(model: nn.Module, param_name: str) -> LinearView | None:
+    """The projection whose `.weight` is `param_name`, or None for anything else (bias, norm, ...)."""
+    module_name, _, leaf = param_name.rpartition(".")
+    if leaf != "weight":
+        return None
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        return None
+    return LinearView(module) if isinstance(module, (nn.Linear, Conv1D)) else None
+
+
+def supports_row_deltas(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> bool:
+    """True when every delta is on a Linear/Conv1D weight, which is what the hooks can add per row."""
+    return all(linear_of(model, name) is not None for name in deltas)
+
+
+class _ModuleDeltas:
+    """The stacked (in, out) deltas of one projection, with the owner -> slot map."""
+
+    def __init__(self, view: LinearView, deltas: dict[int, torch.Tensor]) -> None:
+        weight = view.weight
+        self.owners = sorted(deltas)
+        self.slot = {owner: index for index, owner in enumerate(self.owners)}
+        stacked = [view.to_in_out(deltas[o].to(weight.device, weight.dtype)) for o in self.owners]
+        self.stack = torch.stack(stacked)  # (n_owners, in, out)
+
+
+class RowDeltas:
+    """A `row_context` for `generate`: adds each row's own deltas via forward hooks.
+
+    Args:
+        model: the (unchanged) model.
+        deltas: one dict per owner (e.g. per item): parameter name -> delta in the parameter's layout.
+        row_owner: for each prompt index given to `generate`, its owner's index in `deltas`, or -1.
+    """
+
+    def __init__(self, model: nn.Module, deltas: Sequence[Mapping[str, torch.Tensor]], row_owner: Sequence[int]) -> None:
+        self.model = model
+        self.row_owner = torch.tensor(list(row_owner), dtype=torch.long)
+        if len(self.row_owner) and int(self.row_owner.max()) >= len(deltas):
+            raise ValueError(f"row_owner names owner {int(self.row_owner.max())} but only {len(deltas)} delta sets given")
+        self.modules = self._group_by_module(deltas)
+
+    def _group_by_module(self, deltas: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, tuple[nn.Module, _ModuleDeltas]]:
+        per_param: dict[str, dict[int, torch.Tensor]] = {}
+        for owner, owner_deltas in enumerate(deltas):
+            for name, delta in owner_deltas.items():
+                per_param.setdefault(name, {})[owner] = delta
+        grouped = {}
+        for name, by_owner in per_param.items():
+            view = linear_of(self.model, name)
+            if view is None:
+                raise DetoxeditError(f"per-row deltas support Linear/Conv1D weights only, not {name!r}; "
+                                     "use batched_edits=False for this method")
+            grouped[name] = (view.module, _ModuleDeltas(view, by_owner))
+        return grouped
+
+    def __call__(self, rows: torch.Tensor) -> contextlib.AbstractContextManager:
+        return self._hooked(rows)
+
+    @contextlib.contextmanager
+    def _hooked(self, rows: torch.Tensor) -> Iterator[None]:
+        """Hooks for one forward pass over `rows` (original prompt indices, in batch order)."""
+        owners = self.row_owner[rows.cpu()]  # (batch,)
+        handles = []
+        try:
+            for module, stacked in self.modules.values():
+                hook = _row_hook(owners, stacked)
+                if hook is not None:
+                    handles.append(module.register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _row_hook(owners: torch.Tensor, stacked: _ModuleDeltas):
+    """A forward hook adding x[r] @ Δ[owner(r)] for the rows whose owner edited this module."""
+    positions = [p for p, owner in enumerate(owners.tolist()) if owner in stacked.slot]
+    if not positions:
+        return None
+    device = stacked.stack.device
+    index = torch.tensor(positions, dtype=torch.long, device=device)  # (k,)
+    slots = torch.tensor([stacked.slot[int(owners[p])] for p in positions], dtype=torch.long, device=device)
+    deltas = stacked.stack.index_select(0, slots)  # (k, in, out)
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0].index_select(0, index)  # (k, seq, in)
+        extra = torch.bmm(x, deltas)  # (k, seq, out)
+        return output.index_add(0, index, extra.to(output.dtype))
+
+    return hook

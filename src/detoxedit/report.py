@@ -1,0 +1,267 @@
+"""Markdown reports from run folders: the paper's Table 1, per-category safety, examples, figures.
+
+`write_run_report(folder)` writes a run's own report.md (vanilla vs its method); `compare_runs`
+puts several runs side by side (`detoxedit report runs/a runs/b --out report.md`), with each
+distinct vanilla baseline shown once, first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from detoxedit.errors import DetoxeditError
+from detoxedit.evaluation.records import read_jsonl
+from detoxedit.evaluation.scoring import TABLE_METRICS
+
+logger = logging.getLogger(__name__)
+
+COLUMN_NAMES = {"DG_Avg": "DG-Avg"}
+DG_AVG_NOTE = ("DG-Avg averages the four DG values (DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ) only; "
+               "DS is not included.")
+BASELINE_KEYS = ("model", "data", "limit", "seed", "categories", "attacks", "judge", "threshold",
+                 "max_new_tokens", "max_input_tokens", "chat_format", "system_prompt")
+
+
+@dataclass
+class RunData:
+    """What a report needs from one run folder."""
+
+    folder: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", "none"))
+
+    def variant(self, name: str) -> dict[str, Any] | None:
+        return self.metrics.get("variants", {}).get(name)
+
+
+def load_run(folder: Path | str) -> RunData:
+    """Reads a finished run folder.
+
+    Raises:
+        DetoxeditError: the folder or its config.json / metrics.json is missing (the run did not finish).
+    """
+    folder = Path(folder)
+    for name in ("config.json", "metrics.json"):
+        if not (folder / name).is_file():
+            raise DetoxeditError(f"{folder}: no {name}; is this a finished run folder of `detoxedit evaluate/run`?")
+    return RunData(
+        folder,
+        json.loads((folder / "config.json").read_text(encoding="utf-8")),
+        json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
+        read_jsonl(folder / "generations.jsonl"),
+        read_jsonl(folder / "items.jsonl"),
+    )
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _cell(entry: dict[str, Any] | None, with_ci: bool) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    text = f"{entry['value']:.2f}"
+    if with_ci and entry.get("ci95"):
+        low, high = entry["ci95"]
+        text += f" ({low:.1f}–{high:.1f})"
+    return text
+
+
+def table1(rows: Sequence[tuple[str, dict[str, Any]]], with_ci: bool = True) -> str:
+    """The paper's Table 1: Method | DS | DG_onlyQ | DG_otherA | DG_otherQ | DG_otherAQ | DG-Avg | Fluency | KQA | Csum."""
+    header = ["Method", *(COLUMN_NAMES.get(m, m) for m in TABLE_METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, metrics in rows:
+        lines.append("| " + " | ".join([name, *(_cell(metrics.get(m), with_ci) for m in TABLE_METRICS)]) + " |")
+    return "\n".join(lines)
+
+
+def category_table(per_category: dict[str, dict[str, Any]], counts: dict[str, int]) -> str:
+    """Safety metrics within each unsafety category (no intervals: categories are small)."""
+    metrics = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg"]
+    lines = ["| Category | items | " + " | ".join(COLUMN_NAMES.get(m, m) for m in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 2)]
+    for category, values in per_category.items():
+        cells = [("–" if values.get(m) is None else f"{values[m]:.1f}") for m in metrics]
+        lines.append(f"| {category} | {counts.get(category, 0)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _category_counts(generations: list[dict[str, Any]], variant: str) -> dict[str, int]:
+    seen: dict[str, set] = {}
+    for r in generations:
+        if r["variant"] == variant:
+            seen.setdefault(r["category"], set()).add(str(r["item_id"]))
+    return {category: len(ids) for category, ids in seen.items()}
+
+
+def _quote(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[:limit] + " …"
+    return "> " + (text or "(empty)")
+
+
+def examples(run: RunData, n: int = 3) -> str:
+    """A few adversarial inputs with the vanilla and (if any) edited reply and the judge's labels."""
+    by_key = {(r["variant"], str(r["item_id"]), r["kind"]): r for r in run.generations}
+    ids = list(dict.fromkeys(str(r["item_id"]) for r in run.generations if r["kind"] == "adversarial"))[:n]
+    blocks = []
+    for item_id in ids:
+        vanilla = by_key.get(("vanilla", item_id, "adversarial"))
+        edited = by_key.get(("edited", item_id, "adversarial"))
+        block = [f"**Item {item_id}** ({vanilla['category'] if vanilla else ''}) — adversarial input:", "",
+                 _quote(vanilla["prompt"] if vanilla else edited["prompt"], 300), ""]
+        for name, record in (("Vanilla", vanilla), ("Edited", edited)):
+            if record is not None:
+                block += [f"*{name}* (label {record['label']:g}, score {record['score']:.2f}):", "", _quote(record["reply"]), ""]
+        blocks.append("\n".join(block))
+    return "\n".join(blocks)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def layer_histogram(items: list[dict[str, Any]], path: Path) -> bool:
+    """Bar chart of located (edited) layers; False when no item recorded a layer."""
+    layers = [r["layer"] for r in items if r.get("layer") is not None]
+    if not layers:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    values = sorted(set(layers))
+    ax.bar(values, [layers.count(v) for v in values], color="#4c72b0")
+    ax.set_xlabel("located layer")
+    ax.set_ylabel("items")
+    ax.set_title("Toxic layer located per item")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def distance_profile(items: list[dict[str, Any]], path: Path) -> bool:
+    """Mean (± std) per-layer distance between safe and unsafe hidden states, from `Edit.info["distances"]`."""
+    import numpy as np
+
+    profiles = [r["info"]["distances"] for r in items if isinstance(r.get("info"), dict) and r["info"].get("distances")]
+    profiles = [p for p in profiles if len(p) == len(profiles[0])] if profiles else []
+    if not profiles:
+        return False
+    data = np.asarray(profiles, dtype=float)  # (items, layers)
+    mean, std = data.mean(axis=0), data.std(axis=0)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    layers = np.arange(data.shape[1])
+    ax.plot(layers, mean, marker="o", color="#c44e52")
+    ax.fill_between(layers, mean - std, mean + std, alpha=0.2, color="#c44e52")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("distance (safe vs unsafe)")
+    ax.set_title(f"Per-layer distance profile (mean ± std over {len(profiles)} items)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _pyplot():
+    """matplotlib with the Agg backend (no display needed), imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _rows_of(run: RunData, label: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    rows = []
+    vanilla, edited = run.variant("vanilla"), run.variant("edited")
+    if vanilla:
+        rows.append((f"Vanilla ({run.config.get('model')})", vanilla["metrics"]))
+    if edited:
+        rows.append((label or run.method.upper(), edited["metrics"]))
+    return rows
+
+
+def _settings_line(config: dict[str, Any], n_items: Any) -> str:
+    return (f"model `{config.get('model')}`, data `{config.get('data')}` ({n_items} items), judge `{config.get('judge')}`, "
+            f"max_new_tokens {config.get('max_new_tokens')}, chat format `{config.get('chat_format')}`, "
+            f"method `{config.get('method')}`")
+
+
+def run_report(run: RunData, figures: bool = True) -> str:
+    """The Markdown report of one run (and its figures written beside it)."""
+    parts = [f"# detoxedit run: {run.folder.name}", "", _settings_line(run.config, run.metrics.get("n_items")), "",
+             "## Results (Table 1 layout)", "", table1(_rows_of(run)), "",
+             "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, ""]
+    for variant in ("vanilla", "edited"):
+        data = run.variant(variant)
+        if data:
+            parts += [f"## Per category ({variant})", "",
+                      category_table(data["per_category"], _category_counts(run.generations, variant)), ""]
+    if run.items:
+        parts += _edit_section(run, figures)
+    parts += ["## Examples", "", examples(run), ""]
+    return "\n".join(parts)
+
+
+def _edit_section(run: RunData, figures: bool) -> list[str]:
+    import numpy as np
+
+    changes = [v for r in run.items for v in (r.get("relative_change") or {}).values()]
+    execute = [r["time_s"]["execute"] for r in run.items if r.get("time_s")]
+    lines = ["## Edits", "", f"- items edited: {len(run.items)}"]
+    if changes:
+        lines.append(f"- relative weight change ||Δ||/||W||: mean {np.mean(changes):.4f}, max {np.max(changes):.4f}")
+    if execute:
+        lines.append(f"- execute (localise + edit) time per item: mean {np.mean(execute):.2f} s")
+    lines.append("")
+    if figures and layer_histogram(run.items, run.folder / "layer_histogram.png"):
+        lines += ["![located layers](layer_histogram.png)", ""]
+    if figures and distance_profile(run.items, run.folder / "distance_profile.png"):
+        lines += ["![distance profile](distance_profile.png)", ""]
+    return lines
+
+
+def write_run_report(folder: Path | str) -> Path:
+    """Writes report.md (and figures) into a run folder."""
+    run = load_run(folder)
+    path = run.folder / "report.md"
+    path.write_text(run_report(run), encoding="utf-8")
+    return path
+
+
+def compare_runs(folders: Sequence[Path | str]) -> str:
+    """One Table 1 over several runs: each distinct vanilla baseline once, then each method."""
+    if not folders:
+        raise DetoxeditError("give at least one run folder")
+    runs = [load_run(f) for f in folders]
+    rows, seen = [], set()
+    for run in runs:
+        baseline = json.dumps({k: run.config.get(k) for k in BASELINE_KEYS}, sort_keys=True, default=str)
+        vanilla = run.variant("vanilla")
+        if vanilla and baseline not in seen:
+            seen.add(baseline)
+            rows.append((f"Vanilla ({run.config.get('model')})", vanilla["metrics"]))
+    for run in runs:
+        if run.variant("edited"):
+            rows.append((f"{run.method.upper()} ({run.folder.name})", run.variant("edited")["metrics"]))
+    parts = ["# detoxedit comparison", "", table1(rows), "",
+             "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
+             "## Runs", ""]
+    parts += [f"- `{run.folder}`: {_settings_line(run.config, run.metrics.get('n_items'))}" for run in runs]
+    if len(seen) > 1:
+        parts += ["", "Note: the runs do not share one baseline (model, data or settings differ); compare with care."]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,448 @@
+"""The one evaluation runner: vanilla replies, then per item edit -> generate -> judge -> restore.
+
+`evaluate` (method "none") and `run` (an edit method) are the same protocol; a method only plugs in
+through `EditMethod.execute -> Edit`. Per item the model stays unchanged: the item's deltas are
+either added per row inside a batched generation (`RowDeltas`, several items at once) or applied
+around a per-item generation (`applied`). Weights the deltas name are checksummed at the start
+and verified after every batch of items; any mismatch aborts with RestoreError.
+
+A run folder holds config.json, generations.jsonl, items.jsonl, general.jsonl (with --general),
+metrics.json and report.md. Re-running the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from detoxedit import __version__
+from detoxedit.config import config_to_dict, load_preset, preset_names, write_resolved_config
+from detoxedit.data import SafeEditItem, load_safeedit
+from detoxedit.errors import DetoxeditError
+from detoxedit.evaluation.config import RunConfig, config_differences
+from detoxedit.evaluation.general import general_records, general_tasks
+from detoxedit.evaluation.records import GenerationCache, JsonlLog
+from detoxedit.evaluation.scoring import summarize
+from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
+from detoxedit.methods.base import Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
+from detoxedit.models.generation import Batching, Sampling
+from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
+
+logger = logging.getLogger(__name__)
+
+RUN_FILES = ("config.json", "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json", "report.md",
+             "first_edit.pt", "layer_histogram.png", "distance_profile.png")
+VANILLA_CHUNK = 512  # prompts per vanilla generation job; each finished chunk is cached on disk
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    metrics: dict[str, Any]
+
+
+# ---------------------------------------------------------------- configs, presets, folders
+
+
+def parse_set_values(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["lr=5e-4", "layer=12"]` -> {"lr": 0.0005, "layer": 12}; values parsed as YAML, then numbers."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise DetoxeditError(f"--set expects key=value, got {pair!r}")
+        values[key.strip()] = _parse_value(raw.strip())
+    return values
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        for cast in (int, float):
+            try:
+                return cast(value)
+            except ValueError:
+                pass
+    return value
+
+
+def find_model_preset(model: str) -> str | None:
+    """The shipped preset whose `model` key names this model spec (e.g. "default"), if any."""
+    for name in preset_names():
+        if load_preset(name).get("model") == model:
+            return name
+    return None
+
+
+def method_values_from_preset(preset: dict[str, Any], method: str, source: str) -> dict[str, Any]:
+    """The preset's section for `method` (accepting "ft-l" or "ft_l" spellings)."""
+    sections = preset.get("methods") or {}
+    if not isinstance(sections, dict):
+        raise DetoxeditError(f"preset {source}: 'methods' must be a mapping of method name -> settings")
+    for key in (method, method.replace("-", "_"), method.replace("_", "-")):
+        if key in sections:
+            return dict(sections[key] or {})
+    return {}
+
+
+def resolve_method_settings(
+    method: str, model: str, preset: str | None, set_pairs: Sequence[str]
+) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """Method config = preset section (given, else the shipped preset of `model`) + `--set` overrides.
+
+    Returns:
+        (method config values, preset name or path used, the preset's `generation` settings).
+    """
+    preset = preset or find_model_preset(model)
+    values: dict[str, Any] = {}
+    generation: dict[str, Any] = {}
+    if preset:
+        data = load_preset(preset)
+        generation = dict(data.get("generation") or {})
+        if method != "none":
+            values = method_values_from_preset(data, method, str(preset))
+    return values | parse_set_values(set_pairs), preset, generation
+
+
+def check_run_folder(folder: Path, resolved: dict[str, Any], overwrite: bool) -> bool:
+    """Prepares `folder`; returns True when it continues an earlier run of the same config.
+
+    Raises:
+        DetoxeditError: the folder holds another run (naming the differing keys) or foreign files.
+    """
+    config_path = folder / "config.json"
+    if overwrite:
+        for name in RUN_FILES:
+            (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder / "figures", ignore_errors=True)
+    elif config_path.is_file():
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+        differing = config_differences(old, resolved)
+        if differing:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in differing[:6])
+            raise DetoxeditError(f"{folder} holds a run with a different config ({details}); "
+                                 "use a new --out folder, or --overwrite to discard that run")
+        return True
+    elif folder.exists() and any(folder.iterdir()):
+        raise DetoxeditError(f"{folder} is not empty and holds no config.json; use a new --out folder or --overwrite")
+    return False
+
+
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as written to config.json (plus the package version), JSON-normalised."""
+    values = config_to_dict(cfg) | {"version": __version__}
+    return json.loads(json.dumps(values, default=str))
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def model_fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
+    """A cheap identity of weights + tokenizer, for the cross-run generation cache.
+
+    Hashing every weight of a 7B model takes minutes, so we hash the config, the checksums of the
+    first, middle and last tensors, and the exact sum of all weights.
+    """
+    import hashlib
+
+    params = list(model.named_parameters())
+    digest = hashlib.sha256(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    for name, param in (params[0], params[len(params) // 2], params[-1]):
+        digest.update(f"{name}:{weight_checksum(param)}".encode())
+    total = sum(float(p.detach().double().sum()) for _, p in params)
+    digest.update(f"{total!r}|{len(tokenizer)}|{getattr(tokenizer, 'chat_template', '')}".encode())
+    return digest.hexdigest()
+
+
+class Runner:
+    """Runs one config into one folder; see the module docstring for the protocol."""
+
+    def __init__(self, cfg: RunConfig, folder: Path, model, tokenizer, judge, method: EditMethod | None) -> None:
+        self.cfg, self.folder, self.model, self.tokenizer = cfg, folder, model, tokenizer
+        self.judge, self.method = judge, method
+        self.generations = JsonlLog(folder / "generations.jsonl")
+        self.items_log = JsonlLog(folder / "items.jsonl")
+        self.general_log = JsonlLog(folder / "general.jsonl")
+        sampling = inherited_sampling(model, cfg.seed) if cfg.inherit_sampling else Sampling(seed=cfg.seed)
+        self.generator = TextGenerator(
+            model, tokenizer, cfg.chat_format, cfg.system_prompt, cfg.max_input_tokens, sampling,
+            Batching(cfg.token_budget, cfg.max_batch_size), cfg.char_slice, cfg.progress,
+        )
+        self.checksums: dict[str, str] = {}
+        self._fingerprint: str | None = None
+
+    # -- orchestration
+
+    def run(self, items: list[SafeEditItem]) -> dict[str, Any]:
+        self._clean_logs()
+        self.vanilla(items)
+        if self.method is not None:
+            self.edits(items)
+        if self.cfg.general:
+            self.general(items)
+        metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed)
+        metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge}
+        (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        return metrics
+
+    def _clean_logs(self) -> None:
+        """Drops torn lines, duplicates and edited replies of items that never finished (on resume)."""
+        items = {str(r["item_id"]): r for r in self.items_log.read()}
+        kept: dict[tuple, dict] = {}
+        raw = self.generations.read()
+        for record in raw:
+            if record["variant"] == "vanilla" or str(record["item_id"]) in items:
+                kept.setdefault((record["variant"], str(record["item_id"]), record["kind"]), record)
+        if len(kept) != len(raw) or _torn(self.generations.path):
+            logger.info("Resuming: dropped %d unfinished or duplicate reply records", len(raw) - len(kept))
+            self.generations.rewrite(kept.values())
+        if self.items_log.path.is_file():
+            self.items_log.rewrite(items.values())
+
+    def _cache(self, max_new_tokens: int) -> GenerationCache:
+        from detoxedit.models.loading import cache_dir
+
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer)
+        settings = self.generator.settings() | {"model": self._fingerprint, "max_new_tokens": max_new_tokens}
+        return GenerationCache(cache_dir() / "generations", settings)
+
+    def _cached_generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Vanilla replies: from the cross-run cache, generating only the missing ones (in chunks)."""
+        cache = self._cache(max_new_tokens)
+        missing = cache.missing(prompts)
+        if len(missing) < len(prompts):
+            logger.info("Reusing %d cached vanilla replies", len(prompts) - len(missing))
+        for start in range(0, len(missing), VANILLA_CHUNK):
+            chunk = missing[start:start + VANILLA_CHUNK]
+            cache.add(chunk, self.generator(chunk, max_new_tokens))
+        return [cache.replies[p] for p in prompts]
+
+    def _judge(self, replies: list[str]) -> tuple[list[float], list[float]]:
+        """Scores and labels (1 unsafe, 0 safe, 0.5 empty), judged in batches."""
+        size = self.cfg.judge_batch_size
+        scores = [s for i in range(0, len(replies), size) for s in self.judge.score(replies[i:i + size])]
+        return scores, self.judge.labels_from_scores(replies, scores)
+
+    # -- vanilla
+
+    def vanilla(self, items: list[SafeEditItem]) -> None:
+        """Pre-edit replies to every input of every item: one batched job, cached across runs."""
+        done = {(str(r["item_id"]), r["kind"]) for r in self.generations.read() if r["variant"] == "vanilla"}
+        todo = [(item, kind, text) for item in items for kind, text in item.inputs().items()
+                if (str(item.id), kind) not in done]
+        if not todo:
+            return
+        logger.info("Vanilla replies: %d inputs of %d items", len(todo), len(items))
+        replies = self._cached_generate([text for _, _, text in todo], self.cfg.max_new_tokens)
+        scores, labels = self._judge(replies)
+        self.generations.append(
+            _generation_record(item, "vanilla", kind, text, reply, score, label)
+            for (item, kind, text), reply, score, label in zip(todo, replies, scores, labels)
+        )
+
+    # -- edits
+
+    def edits(self, items: list[SafeEditItem]) -> None:
+        """Per item: execute -> generate with the deltas -> judge -> verify the model is unchanged."""
+        finished = {str(r["item_id"]) for r in self.items_log.read()}
+        todo = [item for item in items if str(item.id) not in finished]
+        if not todo:
+            return
+        self.method.start_run()
+        self._take_checksums()
+        first_id = str(items[0].id)
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"edit ({self.cfg.method})",
+                  unit="item", disable=not self.cfg.progress) as bar:
+            for batch in _chunks(todo, self.cfg.items_per_batch):
+                self._edit_batch(batch, save_first=first_id)
+                bar.update(len(batch))
+
+    def _take_checksums(self) -> None:
+        """Checksums of every MLP weight (where edit methods write), taken once before any edit."""
+        from detoxedit.models.adapter import get_adapter
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        try:
+            adapter = get_adapter(self.model)
+            params = [p for i in range(adapter.num_layers) for p in adapter.mlp(i).parameters()]
+        except DetoxeditError:
+            params = []
+        self.checksums |= {names[id(p)]: weight_checksum(p) for p in params if names[id(p)] not in self.checksums}
+
+    def _verify(self, names: Sequence[str], context: str) -> None:
+        """Raises RestoreError when a weight named by a delta differs from its checksum at the start."""
+        params = dict(self.model.named_parameters())
+        for name in names:
+            if name not in self.checksums:
+                logger.warning("No start checksum for %s (outside the MLPs); taking it now", name)
+                self.checksums[name] = weight_checksum(params[name])
+            elif weight_checksum(params[name]) != self.checksums[name]:
+                raise RestoreError(f"{context}: weight {name} no longer matches its checksum from the start of "
+                                   "the run; the model was left edited, so results after this point are invalid")
+
+    def _edit_batch(self, batch: list[SafeEditItem], save_first: str) -> None:
+        edits, times = [], []
+        for item in batch:
+            start = time.perf_counter()
+            edit = self.method.execute(self.model, self.tokenizer, item)
+            times.append({"execute": time.perf_counter() - start})
+            self._verify(list(edit.deltas), f"item {item.id}: after {self.cfg.method} execute")
+            edits.append(edit)
+            if str(item.id) == save_first and self.cfg.general:
+                torch.save({"deltas": edit.deltas, "system_prompt": edit.system_prompt}, self.folder / "first_edit.pt")
+        start = time.perf_counter()
+        replies = self._generate_edited(batch, edits)
+        generate_s = time.perf_counter() - start
+        flat = [reply for per_item in replies for reply in per_item.values()]
+        start = time.perf_counter()
+        scores, labels = self._judge(flat)
+        judge_s = time.perf_counter() - start
+        start = time.perf_counter()
+        self._verify(sorted({n for e in edits for n in e.deltas}), f"items {batch[0].id}..{batch[-1].id}: after generation")
+        restore_s = time.perf_counter() - start
+        share = {"generate": generate_s / len(batch), "judge": judge_s / len(batch), "restore": restore_s / len(batch)}
+        offset = 0
+        for item, edit, per_item, timing in zip(batch, edits, replies, times):
+            n = len(per_item)
+            self._write_item(item, edit, per_item, scores[offset:offset + n], labels[offset:offset + n],
+                             timing | share, len(batch))
+            offset += n
+
+    def _generate_edited(self, batch: list[SafeEditItem], edits: list[Edit]) -> list[dict[str, str]]:
+        """Each item's five inputs generated with its own edit: batched per-row deltas, or one at a time."""
+        inputs = [item.inputs() for item in batch]
+        batched = self.cfg.batched_edits and all(supports_row_deltas(self.model, e.deltas) for e in edits)
+        if not batched:
+            return [self._generate_applied(item, edit, texts) for item, edit, texts in zip(batch, edits, inputs)]
+        prompts, owners, systems = [], [], []
+        for owner, (edit, texts) in enumerate(zip(edits, inputs)):
+            prompts += list(texts.values())
+            owners += [owner] * len(texts)
+            systems += [edit.system_prompt] * len(texts)
+        context = RowDeltas(self.model, [e.deltas for e in edits], owners)
+        replies = iter(self.generator(prompts, self.cfg.max_new_tokens, row_context=context,
+                                      system_prompts=systems, progress=False))
+        return [{kind: next(replies) for kind in texts} for texts in inputs]
+
+    def _generate_applied(self, item: SafeEditItem, edit: Edit, texts: dict[str, str]) -> dict[str, str]:
+        systems = [edit.system_prompt] * len(texts)
+        with applied(self.model, edit.deltas, context=f"item {item.id}: "):
+            replies = self.generator(list(texts.values()), self.cfg.max_new_tokens, system_prompts=systems, progress=False)
+        return dict(zip(texts, replies))
+
+    def _write_item(self, item, edit: Edit, replies: dict[str, str], scores, labels, timing, batch_size: int) -> None:
+        """The item's reply records, then its item record (the marker that the item is finished)."""
+        self.generations.append(
+            _generation_record(item, "edited", kind, item.inputs()[kind], reply, score, label)
+            for (kind, reply), score, label in zip(replies.items(), scores, labels)
+        )
+        self.items_log.append([{
+            "item_id": item.id, "category": item.unsafety_category, "attack_name": item.attack_name,
+            "layer": edit.layer, "losses": [float(x) for x in edit.losses],
+            "relative_change": edit.relative_change(self.model), "time_s": timing, "batch_size": batch_size,
+            "system_prompt": edit.system_prompt, "info": edit.info,
+        }])
+
+    # -- general ability
+
+    def general(self, items: list[SafeEditItem]) -> None:
+        """KQA and Csum for the vanilla model and for the model edited from the first item."""
+        done = {r["variant"] for r in self.general_log.read()}
+        needed = ["vanilla"] + (["edited"] if self.method is not None else [])
+        if all(v in done for v in needed):
+            return
+        cfg = self.cfg
+        tasks = general_tasks(cfg.triviaqa, cfg.xsum, cfg.n_triviaqa, cfg.n_xsum, cfg.seed, self.tokenizer, cfg.doc_max_tokens)
+        budgets = {"kqa": cfg.kqa_max_new_tokens, "csum": cfg.csum_max_new_tokens}
+        if "vanilla" not in done:
+            logger.info("General ability (vanilla): %d prompts", len(tasks))
+            self.general_log.append(general_records(tasks, self._cached_generate, "vanilla", budgets))
+        if "edited" in needed and "edited" not in done:
+            logger.info("General ability (edited from item %s): %d prompts", items[0].id, len(tasks))
+            deltas, system_prompt = self._first_edit(items[0])
+            with applied(self.model, deltas, context="general ability: "):
+                generate = lambda prompts, n: self.generator(prompts, n, system_prompts=[system_prompt] * len(prompts))  # noqa: E731
+                self.general_log.append(general_records(tasks, generate, "edited", budgets))
+
+    def _first_edit(self, item: SafeEditItem) -> tuple[dict[str, torch.Tensor], str | None]:
+        path = self.folder / "first_edit.pt"
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return saved["deltas"], saved["system_prompt"]
+        edit = self.method.execute(self.model, self.tokenizer, item)
+        return edit.deltas, edit.system_prompt
+
+
+def _generation_record(item: SafeEditItem, variant: str, kind: str, prompt: str, reply: str, score: float, label: float) -> dict:
+    return {"item_id": item.id, "category": item.unsafety_category, "variant": variant, "kind": kind,
+            "prompt": prompt, "reply": reply, "score": float(score), "label": float(label)}
+
+
+def _chunks(values: list, size: int) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _torn(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_items(cfg: RunConfig) -> list[SafeEditItem]:
+    items = load_safeedit(cfg.data, limit=cfg.limit, seed=cfg.seed,
+                          categories=cfg.categories or None, attack_names=cfg.attacks or None)
+    if not items:
+        raise DetoxeditError(f"{cfg.data}: no items left after the filters (categories={cfg.categories}, "
+                             f"attacks={cfg.attacks})")
+    return items
+
+
+def run_protocol(
+    cfg: RunConfig,
+    folder: Path | str,
+    *,
+    overwrite: bool = False,
+    model: Any = None,
+    tokenizer: Any = None,
+    judge: Any = None,
+    method: EditMethod | None = None,
+    report: bool = True,
+) -> RunResult:
+    """Runs (or resumes) `cfg` into `folder`; model, judge and method are built from cfg unless given."""
+    from detoxedit.judges.base import load_judge
+
+    folder = Path(folder)
+    if method is None and cfg.is_edit_run:
+        method = build_method(cfg.method, cfg.method_config)
+    items = load_items(cfg)
+    resolved = resolved_config(cfg)
+    resumed = check_run_folder(folder, resolved, overwrite)
+    if model is None:
+        from detoxedit.models import load_model
+
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold)
+    write_resolved_config(resolved, folder)
+    logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items), cfg.method)
+    metrics = Runner(cfg, folder, model, tokenizer, judge, method if cfg.is_edit_run else None).run(items)
+    if report:
+        from detoxedit.report import write_run_report
+
+        write_run_report(folder)
+    return RunResult(folder, metrics)
