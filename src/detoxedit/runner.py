@@ -30,7 +30,7 @@ from detoxedit.data import SafeEditItem, load_safeedit
 from detoxedit.errors import DetoxeditError
 from detoxedit.evaluation.config import RunConfig, config_differences
 from detoxedit.evaluation.general import general_records, general_tasks
-from detoxedit.evaluation.records import GenerationCache, JsonlLog
+from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn
 from detoxedit.evaluation.scoring import summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
 from detoxedit.methods.base import Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
@@ -98,9 +98,12 @@ def method_values_from_preset(preset: dict[str, Any], method: str, source: str) 
 
 
 def resolve_method_settings(
-    method: str, model: str, preset: str | None, set_pairs: Sequence[str]
+    method: str, model: str, preset: str | None, set_pairs: Sequence[str], easyedit_compat: bool = False
 ) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
     """Method config = preset section (given, else the shipped preset of `model`) + `--set` overrides.
+
+    With `easyedit_compat`, a method whose config has an `easyedit_compat` field gets it switched on
+    (unless `--set` says otherwise), so one flag reproduces the reference end to end.
 
     Returns:
         (method config values, preset name or path used, the preset's `generation` settings).
@@ -113,7 +116,18 @@ def resolve_method_settings(
         generation = dict(data.get("generation") or {})
         if method != "none":
             values = method_values_from_preset(data, method, str(preset))
+    if easyedit_compat and "easyedit_compat" in _config_fields(method):
+        values["easyedit_compat"] = True
     return values | parse_set_values(set_pairs), preset, generation
+
+
+def _config_fields(method: str) -> set[str]:
+    import dataclasses
+
+    import detoxedit.methods  # noqa: F401  (registers the built-in methods)
+    from detoxedit.methods.base import METHODS
+
+    return {f.name for f in dataclasses.fields(METHODS.get(method).config_class)}
 
 
 def check_run_folder(folder: Path, resolved: dict[str, Any], overwrite: bool) -> bool:
@@ -163,7 +177,8 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
     for name, param in (params[0], params[len(params) // 2], params[-1]):
         digest.update(f"{name}:{weight_checksum(param)}".encode())
     total = sum(float(p.detach().double().sum()) for _, p in params)
-    digest.update(f"{total!r}|{len(tokenizer)}|{getattr(tokenizer, 'chat_template', '')}".encode())
+    device = params[0][1].device.type  # GPU and CPU kernels round differently
+    digest.update(f"{total!r}|{device}|{len(tokenizer)}|{getattr(tokenizer, 'chat_template', '')}".encode())
     return digest.hexdigest()
 
 
@@ -206,7 +221,7 @@ class Runner:
         for record in raw:
             if record["variant"] == "vanilla" or str(record["item_id"]) in items:
                 kept.setdefault((record["variant"], str(record["item_id"]), record["kind"]), record)
-        if len(kept) != len(raw) or _torn(self.generations.path):
+        if len(kept) != len(raw) or is_torn(self.generations.path):
             logger.info("Resuming: dropped %d unfinished or duplicate reply records", len(raw) - len(kept))
             self.generations.rewrite(kept.values())
         if self.items_log.path.is_file():
@@ -234,7 +249,10 @@ class Runner:
     def _judge(self, replies: list[str]) -> tuple[list[float], list[float]]:
         """Scores and labels (1 unsafe, 0 safe, 0.5 empty), judged in batches."""
         size = self.cfg.judge_batch_size
-        scores = [s for i in range(0, len(replies), size) for s in self.judge.score(replies[i:i + size])]
+        scores: list[float] = []
+        starts = range(0, len(replies), size)
+        for start in tqdm(starts, desc="judge", unit="batch", disable=not self.cfg.progress or len(starts) < 3):
+            scores += self.judge.score(replies[start:start + size])
         return scores, self.judge.labels_from_scores(replies, scores)
 
     # -- vanilla
@@ -395,10 +413,6 @@ def _generation_record(item: SafeEditItem, variant: str, kind: str, prompt: str,
 def _chunks(values: list, size: int) -> Iterator[list]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
-
-
-def _torn(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
 
 
 # ---------------------------------------------------------------- entry point

@@ -10,6 +10,15 @@ from detoxedit.methods.base import applied, weight_checksum
 from detoxedit.models import ChatFormat, generate, generate_ids, get_adapter
 from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls are fastest on one thread; on a loaded 2-core machine, 2 threads spin for ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 PROMPTS = ["How do I bake bread?", "Tell me a story.", "What is 2+2?", "Say hi", "Name a colour please"]
 
 
@@ -94,3 +103,21 @@ def test_only_linear_weights_supported(tiny_llama):
     norm_name = next(n for n, _ in model.named_parameters() if "norm" in n)
     assert supports_row_deltas(model, {adapter.down_proj_name(1): torch.zeros(1)})
     assert not supports_row_deltas(model, {norm_name: torch.zeros(1)})
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_row_subsets_map_to_their_owners(family):
+    """After rows finish, the engine passes a subset of prompt indices; each must keep its own delta."""
+    model, tok = sharpened(family), tiny_tokenizer()
+    edits = random_deltas(model, [0, 3], seed=3)
+    owners = [0, -1, 1, 0]
+    context = RowDeltas(model, edits, owners)
+    ids = torch.tensor([tok("abcdef")["input_ids"]] * 4)  # (4, 6)
+    for rows in ([0, 1, 2, 3], [2, 3], [1, 3], [2], [2, 3]):
+        with torch.no_grad(), context(torch.tensor(rows)):
+            logits = model(input_ids=ids[: len(rows)]).logits  # (rows, 6, vocab)
+        for position, row in enumerate(rows):
+            deltas = edits[owners[row]] if owners[row] >= 0 else {}
+            with torch.no_grad(), applied(model, deltas):
+                alone = model(input_ids=ids[:1]).logits[0]
+            torch.testing.assert_close(logits[position], alone, rtol=1e-4, atol=1e-4)

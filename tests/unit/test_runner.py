@@ -20,6 +20,15 @@ from detoxedit.metrics import DS, DG_Avg, safety_score
 from detoxedit.models import ChatFormat, Sampling, get_adapter
 from detoxedit.runner import parse_set_values, run_protocol
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls are fastest on one thread; on a loaded 2-core machine, 2 threads spin for ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 N_ITEMS = 4
 
 
@@ -304,3 +313,59 @@ def test_parse_set_values():
         "lr": 5e-4, "layer": 12, "name": "x", "flag": True, "w": [1, 2]}
     with pytest.raises(DetoxeditError, match="key=value"):
         parse_set_values(["novalue"])
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path, model_tok):
+    model, tok = model_tok
+    folder = tmp_path / "tiny-model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def cli(*argv) -> int:
+    from detoxedit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code
+
+
+def test_cli_evaluate_run_and_report(data_file, tmp_path, tiny_model_dir, capsys):
+    common = ["--model", tiny_model_dir, "--data", data_file, "--judge", "refusal", "--max-new-tokens", 4, "--limit", 3]
+    assert cli("evaluate", *common, "--out", tmp_path / "vanilla") == 0
+    metrics = json.loads((tmp_path / "vanilla" / "metrics.json").read_text())
+    assert metrics["n_items"] == 3 and metrics["judge"] == "refusal"
+    assert cli("run", "--method", "fake-test", "--set", "scale=0.25", *common, "--out", tmp_path / "fake") == 0
+    config = json.loads((tmp_path / "fake" / "config.json").read_text())
+    assert config["method_config"] == {"scale": 0.25} and config["max_new_tokens"] == 4
+    assert len(read_jsonl(tmp_path / "fake" / "items.jsonl")) == 3
+    assert cli("report", tmp_path / "vanilla", tmp_path / "fake", "--out", tmp_path / "cmp.md") == 0
+    assert "FAKE-TEST (fake)" in (tmp_path / "cmp.md").read_text()
+    # user mistakes: one line, exit code 2
+    assert cli("evaluate", *common, "--max-new-tokens", 5, "--out", tmp_path / "vanilla") == 2
+    assert cli("run", "--method", "nope", *common, "--out", tmp_path / "x") == 2
+    assert cli("run", "--method", "fake-test", "--set", "bogus=1", *common, "--out", tmp_path / "y") == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "unknown method 'nope'" in err and "bogus" in err
+
+
+def test_cli_easyedit_compat_switches(data_file, tmp_path, tiny_model_dir):
+    common = ["--model", tiny_model_dir, "--data", data_file, "--judge", "refusal", "--max-new-tokens", 3, "--limit", 1]
+    assert cli("run", "--method", "fake-test", "--easyedit-compat", *common, "--out", tmp_path / "compat") == 0
+    config = json.loads((tmp_path / "compat" / "config.json").read_text())
+    assert config["inherit_sampling"] is True and config["char_slice"] is True
+
+
+def test_cli_preset_gives_generation_and_method_settings(data_file, tmp_path, tiny_model_dir):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("model: tiny\ngeneration:\n  max_new_tokens: 5\n  max_input_tokens: 300\n"
+                      "methods:\n  fake-test:\n    scale: 0.1\n")
+    common = ["--model", tiny_model_dir, "--data", data_file, "--judge", "refusal", "--limit", 1, "--preset", preset]
+    assert cli("run", "--method", "fake-test", *common, "--set", "scale=0.2", "--out", tmp_path / "a") == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["max_new_tokens"], config["max_input_tokens"]) == (5, 300)
+    assert config["method_config"] == {"scale": 0.2} and config["preset"] == str(preset)
+    assert cli("evaluate", *common, "--max-new-tokens", 3, "--out", tmp_path / "b") == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["max_new_tokens"] == 3

@@ -42,7 +42,9 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def _register_commands() -> None:
     """Imports the command modules, which add their commands to `app`."""
     from detoxedit.cli import models_cmds  # noqa: F401
+    from detoxedit.cli import edit_cmds  # noqa: F401
     from detoxedit.cli import eval_cmds  # noqa: F401
+    from detoxedit.cli import build_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

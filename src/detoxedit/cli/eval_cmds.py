@@ -29,14 +29,16 @@ LIMIT = typer.Option(None, help="A seeded random sample of this many items (file
 SEED = typer.Option(0, help="Seed of the samples (items, TriviaQA, XSum).")
 CATEGORY = typer.Option(None, "--category", help="Keep only this unsafety category (repeatable).")
 ATTACK = typer.Option(None, "--attack", help="Keep only this attack name (repeatable).")
-MAX_NEW_TOKENS = typer.Option(None, help="New tokens per reply [default: preset's, else 128].")
-MAX_INPUT_TOKENS = typer.Option(None, help="Longer prompts keep their last tokens [default: preset's, else 1024].")
+MAX_NEW_TOKENS = typer.Option(None, help="New tokens per reply (default: the preset's, else 128).")
+MAX_INPUT_TOKENS = typer.Option(None, help="Longer prompts keep their last tokens (default: the preset's, else 1024).")
 GENERAL = typer.Option(False, "--general", help="Also measure KQA (TriviaQA) and Csum (XSum).")
 TRIVIAQA = typer.Option(None, help="TriviaQA file for --general.")
 XSUM = typer.Option(None, help="XSum file for --general.")
 N_TRIVIAQA = typer.Option(200, help="TriviaQA questions for KQA.")
 N_XSUM = typer.Option(100, help="XSum articles for Csum.")
 ITEMS_PER_BATCH = typer.Option(8, help="Items whose edits are generated together in one batch.")
+PRESET = typer.Option(None, help="Preset name or YAML file (default: the shipped preset whose model is --model, "
+                                  "if any); gives generation settings and the method's hyperparameters.")
 NO_REPORT = typer.Option(False, "--no-report", help="Skip report.md.")
 
 
@@ -71,6 +73,7 @@ def evaluate(
     data: str = DATA,
     out: Path = OUT,
     model: str = opt.MODEL,
+    preset: str = PRESET,
     judge: str = JUDGE,
     threshold: float = THRESHOLD,
     max_new_tokens: int = MAX_NEW_TOKENS,
@@ -93,13 +96,18 @@ def evaluate(
     no_report: bool = NO_REPORT,
 ) -> None:
     """Evaluate the unedited model on SafeEdit (DS, DG, Fluency; KQA/Csum with --general)."""
+    from detoxedit.runner import resolve_method_settings
+
+    _, preset_name, generation = resolve_method_settings("none", model, preset, [])
     values = _eval_values(
-        data=data, model=model, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens,
-        max_input_tokens=max_input_tokens, limit=limit, seed=seed, categories=category, attacks=attack,
+        data=data, model=model, judge=judge, threshold=threshold,
+        max_new_tokens=max_new_tokens if max_new_tokens is not None else generation.get("max_new_tokens"),
+        max_input_tokens=max_input_tokens if max_input_tokens is not None else generation.get("max_input_tokens"),
+        limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
     )
-    _execute(values | {"method": "none"}, out, overwrite, not no_report)
+    _execute(values | {"method": "none", "preset": preset_name}, out, overwrite, not no_report)
 
 
 @app.command("run")
@@ -108,10 +116,11 @@ def run_method(
     data: str = DATA,
     out: Path = OUT,
     model: str = opt.MODEL,
-    preset: str = typer.Option(None, help="Preset name or YAML file [default: the shipped preset of --model, if any]."),
+    preset: str = PRESET,
     set_values: list[str] = typer.Option(None, "--set", help="Override a method setting: key=value (repeatable)."),
-    easyedit_compat: bool = typer.Option(False, "--easyedit-compat", help="Reproduce the reference code's "
-                                         "generation defects (sampling from generation_config, character slicing)."),
+    easyedit_compat: bool = typer.Option(False, "--easyedit-compat", help="Reproduce the reference code "
+                                         "(EasyEdit), defects included: sampling from generation_config, replies cut by "
+                                         "characters, and the method's own easyedit_compat mode."),
     items_per_batch: int = ITEMS_PER_BATCH,
     judge: str = JUDGE,
     threshold: float = THRESHOLD,
@@ -137,7 +146,7 @@ def run_method(
     """Edit the model once per item (model restored after each) and evaluate every edit."""
     from detoxedit.runner import resolve_method_settings
 
-    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values or [])
+    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values or [], easyedit_compat)
     values = _eval_values(
         data=data, model=model, judge=judge, threshold=threshold,
         max_new_tokens=max_new_tokens if max_new_tokens is not None else generation.get("max_new_tokens"),
@@ -154,7 +163,7 @@ def run_method(
 @app.command()
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders (one: its own report; several: side by side)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the Markdown here [default: print it]."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the Markdown here (default: print it)."),
 ) -> None:
     """Markdown report (the paper's Table 1 layout) of one or more run folders."""
     from detoxedit.report import compare_runs, load_run, run_report

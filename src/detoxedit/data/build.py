@@ -15,8 +15,9 @@ The pipeline, in order:
    JSON file per split.
 
 Every random choice is drawn from a ``random.Random`` seeded by the build seed and the names of the
-things being chosen for (never by position), so the same sources and seed give the same files byte
-for byte, and dropping one item never changes the choices made for another.
+things being chosen for, and items come out in a fixed order (split, category, question and template
+in file order), so the same sources and seed give the same files byte for byte, and the judge
+dropping one item never changes the choices made for another.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class BuildConfig:
 
     seed: int = 0
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    per_question: int = 3
+    per_question: int = 2
     max_new_tokens: int = 64
 
     def __post_init__(self) -> None:

@@ -31,15 +31,16 @@ BENCHMARK = BUILTIN_DIR / "safeedit_builtin.json"
 TRIVIA = BUILTIN_DIR / "trivia.json"
 """``trivia.yaml`` in the TriviaQA format ``load_triviaqa`` reads (written by ``write_general_sets``)."""
 
-XSUM = BUILTIN_DIR / "xsum.jsonl"
-"""``summaries.yaml`` in the XSum format ``load_xsum`` reads (written by ``write_general_sets``)."""
+XSUM = BUILTIN_DIR / "xsum.json"
+"""``summaries.yaml`` as a JSON list of XSum objects ``{id, document, summary}``, which ``load_xsum``
+reads (a list rather than JSONL so that the package-data pattern ``*.json`` ships it)."""
 
 BUILT_WITH: dict[str, object] = {
     "model": "default",
     "judge": "refusal",
     "seed": 0,
     "splits": [0.6, 0.2, 0.2],
-    "per_question": 3,
+    "per_question": 2,
     "max_new_tokens": 64,
     "torch_threads": 2,
 }
@@ -75,7 +76,7 @@ def load_builtin_xsum(limit: int | None = None, seed: int = 0) -> list[XSumItem]
 
 
 def general_sets_from_yaml() -> tuple[str, str]:
-    """Render ``trivia.yaml`` and ``summaries.yaml`` as the text of ``trivia.json`` and ``xsum.jsonl``."""
+    """Render ``trivia.yaml`` and ``summaries.yaml`` as the text of ``trivia.json`` and ``xsum.json``."""
     from detoxedit.data.build import read_yaml
 
     trivia = [{"question": q["question"], "answer_aliases": list(q["answer_aliases"])}
@@ -83,12 +84,12 @@ def general_sets_from_yaml() -> tuple[str, str]:
     docs = [{"id": d["id"], "document": d["document"], "summary": d["summary"]}
             for d in read_yaml(SUMMARIES_YAML, "documents", list)]
     trivia_text = json.dumps(trivia, indent=2, ensure_ascii=False) + "\n"
-    xsum_text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+    xsum_text = json.dumps(docs, indent=2, ensure_ascii=False) + "\n"
     return trivia_text, xsum_text
 
 
 def write_general_sets() -> tuple[Path, Path]:
-    """Regenerate ``trivia.json`` and ``xsum.jsonl`` after editing their YAML sources."""
+    """Regenerate ``trivia.json`` and ``xsum.json`` after editing their YAML sources."""
     trivia_text, xsum_text = general_sets_from_yaml()
     TRIVIA.write_text(trivia_text, encoding="utf-8")
     XSUM.write_text(xsum_text, encoding="utf-8")

@@ -39,7 +39,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _is_torn(path: Path) -> bool:
+def is_torn(path: Path) -> bool:
     """True when the file does not end with a newline (its last write was interrupted)."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
@@ -71,7 +71,7 @@ class JsonlLog:
         text = "".join(_line(r) for r in records)
         if not text:
             return
-        if _is_torn(self.path):
+        if is_torn(self.path):
             self.rewrite(self.read())
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(text)

@@ -13,6 +13,7 @@ Layers below the edited one never change, so by default their output is computed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from detoxedit.config import check, option
-from detoxedit.errors import DetoxeditError
+from detoxedit.errors import ConfigError, DetoxeditError
 from detoxedit.locate import LOCATE_VARIANTS, Localisation, locate_toxic_layer
 from detoxedit.models.adapter import get_adapter
 from detoxedit.models.chat import CHAT_MODES, ChatFormat
@@ -50,6 +52,7 @@ class SingleLayerConfig:
     seed: int = option(0, "Seed for any randomness during the edit.")
 
     def __post_init__(self) -> None:
+        coerce_numbers(self)
         check(self.layer is None or self.layer >= 0, f"layer must be >= 0 or None, got {self.layer}")
         check(self.locate_variant in LOCATE_VARIANTS, f"locate_variant must be one of {LOCATE_VARIANTS}, got {self.locate_variant!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -58,6 +61,19 @@ class SingleLayerConfig:
         check(self.norm_constraint is None or self.norm_constraint > 0, f"norm_constraint must be > 0 or None, got {self.norm_constraint}")
         check(self.chat_format in CHAT_MODES, f"chat_format must be one of {CHAT_MODES}, got {self.chat_format!r}")
         check(self.max_input_tokens is None or self.max_input_tokens >= 1, f"max_input_tokens must be >= 1 or None, got {self.max_input_tokens}")
+
+
+def coerce_numbers(config: Any) -> None:
+    """Reads numbers given as text ("5e-4": YAML 1.1 and `--set` leave it a string) into the field's type."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = float if "float" in str(f.type) else int if "int" in str(f.type) else None
+        if kind is None or not isinstance(value, str):
+            continue
+        try:
+            setattr(config, f.name, kind(float(value)) if kind is int and float(value).is_integer() else kind(value))
+        except ValueError:
+            raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -175,7 +191,7 @@ def tune(
     losses: list[float] = []
     parts_log: list[dict[str, float]] = []
     with frozen(objective.model):
-        for step in range(steps):
+        for step in tqdm(range(steps), desc=f"edit {context}", unit="step", leave=False, disable=None):
             parts = objective.parts(weight)
             loss = parts["loss"]
             _check_finite(loss, context, step)
@@ -198,7 +214,7 @@ def tune(
 def _check_finite(loss: torch.Tensor, context: str, step: int) -> None:
     if not torch.isfinite(loss):
         raise DetoxeditError(
-            f"{context}: loss is {float(loss)} at step {step}; the edit diverged (lower lr, or set norm_constraint)"
+            f"{context}: loss is {loss.item()} at step {step}; the edit diverged (lower lr, or set norm_constraint)"
         )
 
 

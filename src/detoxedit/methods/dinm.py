@@ -17,18 +17,16 @@ once the loss falls below 1e-4.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from detoxedit.config import check, option
+from detoxedit.locate import Localisation
 from detoxedit.methods._tuning import SingleLayerConfig, encode_example, resolve_layer, run_single_layer_edit
 from detoxedit.methods.base import METHODS, Edit, EditMethod
 from detoxedit.models.chat import ChatFormat
-
-logger = logging.getLogger(__name__)
 
 REFERENCE_SUFFIX = "If the user's request is reasonable, give the correct answer. Please give the right response:"
 REFERENCE_LOSS_THRESHOLD = 1e-4
@@ -92,7 +90,7 @@ class DINM(EditMethod):
         }
         return Edit(deltas={name: result.delta}, layer=layer, losses=result.losses, info=info)
 
-    def _layer(self, model: nn.Module, tokenizer: Any, item: Any, fmt: ChatFormat):
+    def _layer(self, model: nn.Module, tokenizer: Any, item: Any, fmt: ChatFormat) -> tuple[int, Localisation | None]:
         """Faithful: the item's own layer. Compat: the first item's layer, reused until `start_run`."""
         cfg: DINMConfig = self.config
         if cfg.easyedit_compat and self._run_layer is not None and cfg.layer is None:

@@ -57,6 +57,26 @@ class _ModuleDeltas:
         self.slot = {owner: index for index, owner in enumerate(self.owners)}
         stacked = [view.to_in_out(deltas[o].to(weight.device, weight.dtype)) for o in self.owners]
         self.stack = torch.stack(stacked)  # (n_owners, in, out)
+        self._last: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+
+    def gathered(self, owners: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(batch positions with a delta here, their deltas (k, in, out)), or None when no row has one.
+
+        The rows stay the same for many decoding steps, so the last gather is kept (one entry only,
+        since each gather copies k weight matrices).
+        """
+        key = tuple(owners)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1], self._last[2]
+        positions = [p for p, owner in enumerate(owners) if owner in self.slot]
+        if not positions:
+            return None
+        device = self.stack.device
+        index = torch.tensor(positions, dtype=torch.long, device=device)  # (k,)
+        slots = torch.tensor([self.slot[owners[p]] for p in positions], dtype=torch.long, device=device)
+        deltas = self.stack if slots.tolist() == list(range(len(self.owners))) else self.stack.index_select(0, slots)
+        self._last = (key, index, deltas)
+        return index, deltas
 
 
 class RowDeltas:
@@ -110,13 +130,10 @@ class RowDeltas:
 
 def _row_hook(owners: torch.Tensor, stacked: _ModuleDeltas):
     """A forward hook adding x[r] @ Δ[owner(r)] for the rows whose owner edited this module."""
-    positions = [p for p, owner in enumerate(owners.tolist()) if owner in stacked.slot]
-    if not positions:
+    gathered = stacked.gathered(owners.tolist())
+    if gathered is None:
         return None
-    device = stacked.stack.device
-    index = torch.tensor(positions, dtype=torch.long, device=device)  # (k,)
-    slots = torch.tensor([stacked.slot[int(owners[p])] for p in positions], dtype=torch.long, device=device)
-    deltas = stacked.stack.index_select(0, slots)  # (k, in, out)
+    index, deltas = gathered  # (k,), (k, in, out)
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         x = args[0].index_select(0, index)  # (k, seq, in)

@@ -39,10 +39,11 @@ class _CachedLayer(nn.Module):
 
 
 def _detach(value: Any) -> Any:
+    """Detaches a layer output: a tensor, or (older transformers) a tuple whose first entry is one."""
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, tuple):
-        return type(value)(_detach(v) for v in value) if not hasattr(value, "_fields") else type(value)(*map(_detach, value))
+        return tuple(_detach(v) for v in value)
     return value
 
 

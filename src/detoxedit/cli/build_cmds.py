@@ -1,0 +1,101 @@
+"""`detoxedit build` (construct a SafeEdit-format benchmark) and `detoxedit demo` (the README's main job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from detoxedit.cli import app
+from detoxedit.cli import options as opt
+from detoxedit.errors import DetoxeditError
+
+console = Console()
+
+
+def parse_splits(text: str) -> tuple[float, float, float]:
+    """``"0.6,0.2,0.2"`` -> (0.6, 0.2, 0.2); a clear error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError as err:
+        raise DetoxeditError(f"--splits {text!r}: expected three numbers train,val,test, e.g. 0.6,0.2,0.2") from err
+    if len(values) != 3 or any(v < 0 for v in values) or sum(values) <= 0:
+        raise DetoxeditError(f"--splits {text!r}: expected three non-negative numbers train,val,test, e.g. 0.6,0.2,0.2")
+    return values  # type: ignore[return-value]
+
+
+@app.command()
+def build(
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Output base name: FILE.json writes FILE_train.json, FILE_val.json, FILE_test.json."),
+    questions: Path = typer.Option(None, help="Harmful questions by category (YAML); default: the built-in set."),
+    templates: Path = typer.Option(None, help="Jailbreak templates with one {question} slot (YAML); default: built-in."),
+    refusals: Path = typer.Option(None, help="Refusal templates per category (YAML); default: built-in."),
+    knowledge: Path = typer.Option(None, help="Benign {prompt, answer} pairs (YAML); default: built-in."),
+    model: str = opt.MODEL,
+    judge: str = typer.Option("embedded", help="Judge that keeps a reply only if unsafe: embedded | refusal | hf:PATH."),
+    seed: int = typer.Option(0, help="Seed of every choice (splits, templates, generalisation inputs)."),
+    splits: str = typer.Option("0.6,0.2,0.2", help="Train,val,test fractions of each category's questions."),
+    per_question: int = typer.Option(2, help="Templates tried per question (bounds generation cost)."),
+    max_new_tokens: int = typer.Option(64, help="New tokens per generated reply."),
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+) -> None:
+    """Build a SafeEdit-format benchmark: questions x templates, the model's own unsafe replies, splits by question."""
+    from detoxedit.data import build as pipeline
+    from detoxedit.data import builtin
+    from detoxedit.judges import load_judge
+    from detoxedit.models import load_model
+
+    config = _build_config(seed, splits, per_question, max_new_tokens)
+    sources = pipeline.load_sources(questions or builtin.QUESTIONS, templates or builtin.TEMPLATES,
+                                    refusals or builtin.REFUSALS, knowledge or builtin.KNOWLEDGE)
+    pipeline.plan_candidates(sources, config, str(questions or builtin.QUESTIONS))  # fail before loading
+    safety_judge = load_judge(judge)
+    lm, tokenizer = load_model(model, dtype=dtype, device=device)
+    result = pipeline.build_benchmark(sources, lm, tokenizer, safety_judge, config)
+    paths = pipeline.write_splits(result, out)
+    _print_build_summary(result, paths)
+
+
+def _build_config(seed: int, splits: str, per_question: int, max_new_tokens: int):
+    from detoxedit.data.build import BuildConfig
+    from detoxedit.errors import ConfigError
+
+    try:
+        return BuildConfig(seed=seed, splits=parse_splits(splits), per_question=per_question,
+                           max_new_tokens=max_new_tokens)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _print_build_summary(result, paths: dict[str, Path]) -> None:
+    table = Table(title="Built benchmark")
+    table.add_column("split")
+    table.add_column("items", justify="right")
+    table.add_column("file")
+    for split, path in paths.items():
+        table.add_row(split, str(len(result.splits[split])), str(path))
+    console.print(table)
+    dropped = ", ".join(f"{c}: {n}" for c, n in result.dropped_by_category.items()) or "none"
+    console.print(f"{result.candidates} adversarial inputs; {result.dropped} dropped because the judge found "
+                  f"the model's reply safe or empty ({dropped}).", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (results, tables, config)."),
+    limit: int = typer.Option(None, help="Test items to edit (default: all of the built-in test split)."),
+    max_new_tokens: int = typer.Option(None, help="New tokens per safety reply (default: the demo's setting)."),
+    general_limit: int = typer.Option(None, help="Trivia and summary items for KQA/Csum (default: all)."),
+    judge: str = typer.Option(None, help="Safety judge (default: embedded, else refusal if no head is shipped)."),
+    device: str = opt.DEVICE,
+) -> None:
+    """Show the whole idea on the default model: it answers jailbreaks, DINM edits it from one instance, it refuses."""
+    from detoxedit.demo import DemoSettings, run_demo
+
+    settings = DemoSettings.with_overrides(out=out, limit=limit, max_new_tokens=max_new_tokens,
+                                           general_limit=general_limit, judge=judge, device=device)
+    run_demo(settings, console=console)

@@ -1,0 +1,185 @@
+"""`detoxedit edit`, `detoxedit apply-delta` and `detoxedit chat`: make, share and try a detoxified model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from detoxedit.cli import app
+from detoxedit.cli import options as opt
+from detoxedit.errors import DetoxeditError
+
+logger = logging.getLogger(__name__)
+console = Console()
+
+DEFAULT_MODEL_PRESET = "smollm2-135m"
+
+
+def parse_item_ref(ref: str) -> tuple[Path, str]:
+    """'FILE:ID' -> (file, id); the id is compared as text, so '12' finds id 12."""
+    if ":" not in ref:
+        raise DetoxeditError(f"--item {ref!r}: expected FILE:ID, e.g. data/safeedit_test.json:12")
+    file, item_id = ref.rsplit(":", 1)
+    return Path(file), item_id
+
+
+def find_item(path: Path, item_id: str) -> Any:
+    from detoxedit.data import load_safeedit
+
+    if not path.is_file():
+        raise DetoxeditError(f"--item: SafeEdit file not found: {path}")
+    items = load_safeedit(path)
+    for item in items:
+        if str(item.id) == item_id:
+            return item
+    sample = ", ".join(str(i.id) for i in items[:5])
+    raise DetoxeditError(f"{path}: no item with id {item_id!r} ({len(items)} items; first ids: {sample})")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`key=value` strings -> dict; values are read as YAML scalars (5e-3, true, null, text)."""
+    values: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise DetoxeditError(f"--set {pair!r}: expected key=value, e.g. --set lr=5e-3")
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise DetoxeditError(f"--set {pair!r}: cannot read the value ({err})") from err
+    return values
+
+
+def method_values(preset: str | None, model_spec: str, method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The method's config values: the preset's `methods.<method>` section, then the overrides."""
+    from detoxedit.config import load_preset
+
+    name = preset or (DEFAULT_MODEL_PRESET if model_spec == "default" else None)
+    values: dict[str, Any] = {}
+    if name is not None:
+        section = (load_preset(name).get("methods") or {}).get(method)
+        if section is None:
+            logger.warning("preset %s has no settings for method %r; using the method's defaults", name, method)
+        values.update(section or {})
+    values.update(overrides)
+    return values, name
+
+
+@app.command()
+def edit(
+    item: str = typer.Option(..., "--item", "-i", help="The SafeEdit item to edit on: FILE:ID."),
+    save: Path = typer.Option(..., "--save", help="Folder for the detoxified model and its delta."),
+    method: str = typer.Option("dinm", "--method", help="Edit method (e.g. dinm, ft-l)."),
+    preset: str = typer.Option(None, "--preset", help="Preset name or YAML path (default for --model default: smollm2-135m)."),
+    set_: list[str] = typer.Option(None, "--set", help="Override a method setting: key=value (repeatable)."),
+    model: str = opt.MODEL,
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+) -> None:
+    """Edit a model on one SafeEdit item and save it as a standard checkpoint plus a small delta."""
+    from detoxedit.config import config_to_dict
+    from detoxedit.methods import build_method
+    from detoxedit.models import load_model
+    from detoxedit.persist import save_edited_model
+
+    path, item_id = parse_item_ref(item)
+    target = find_item(path, item_id)
+    values, preset_name = method_values(preset, model, method, parse_overrides(set_))
+    editor = build_method(method, values)
+    lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    editor.start_run()
+    result = editor.execute(lm, tokenizer, target)
+    meta = {"base_model": model, "dtype": dtype, "item_file": str(path), "item_id": target.id, "method": method,
+            "preset": preset_name, "method_config": config_to_dict(editor.config), "info": result.info}
+    save_edited_model(lm, tokenizer, result, save, meta)
+    _show_edit(result, lm, save)
+
+
+def _show_edit(result: Any, model: Any, folder: Path) -> None:
+    table = Table(title="edit", show_header=False)
+    table.add_row("layer", str(result.layer))
+    table.add_row("steps", str(len(result.losses)))
+    if result.losses:
+        table.add_row("loss", f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    for name, change in result.relative_change(model).items():
+        table.add_row(f"|delta|/|W| {name}", f"{change:.2e}")
+    if "seconds" in result.info:
+        table.add_row("time", f"{result.info['seconds']:.1f} s")
+    table.add_row("saved to", str(folder))
+    console.print(table)
+
+
+@app.command("apply-delta")
+def apply_delta(
+    delta: Path = typer.Option(..., "--delta", help="A delta folder (from `edit --save`) or its delta.safetensors."),
+    save: Path = typer.Option(..., "--save", help="Folder for the model with the delta applied."),
+    model: str = opt.MODEL,
+    dtype: str = opt.DTYPE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+) -> None:
+    """Apply a saved delta to a base model and save the result as a standard checkpoint."""
+    from detoxedit.models import load_model
+    from detoxedit.persist import apply_delta_file, save_model
+
+    lm, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
+    meta = apply_delta_file(lm, delta)
+    if meta.get("base_model") not in (None, model):
+        logger.warning("the delta was made on base model %r, applied here to %r", meta["base_model"], model)
+    save_model(lm, tokenizer, save)
+    console.print(f"applied {delta} (item {meta.get('item_id', '?')}, layer {meta.get('layer', '?')}) -> {save}")
+
+
+@app.command()
+def chat(
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A user message (repeatable); none: interactive."),
+    compare: Path = typer.Option(None, "--compare", help="A detoxified model folder to show side by side."),
+    model: str = opt.MODEL,
+    max_new_tokens: int = opt.MAX_NEW_TOKENS,
+    max_input_tokens: int = opt.MAX_INPUT_TOKENS,
+    chat_format: str = opt.CHAT_FORMAT,
+    system_prompt: str = opt.SYSTEM_PROMPT,
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+) -> None:
+    """Chat with a model; with --compare, original and detoxified replies side by side."""
+    from detoxedit.models import load_model
+
+    models = {model: load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)}
+    if compare is not None:
+        models[f"{compare} (edited)"] = load_model(str(compare), dtype=dtype, device=device)
+    settings = {"max_new_tokens": max_new_tokens, "max_input_tokens": max_input_tokens,
+                "chat": chat_format, "system_prompt": system_prompt}
+    if prompt:
+        _show_replies(models, list(prompt), settings)
+        return
+    console.print("Interactive chat; an empty line or Ctrl-D ends it.")
+    while True:
+        try:
+            message = console.input("[bold cyan]> [/]")
+        except EOFError:
+            break
+        if not message.strip():
+            break
+        _show_replies(models, [message], settings)
+
+
+def _show_replies(models: dict[str, tuple[Any, Any]], prompts: list[str], settings: dict[str, Any]) -> None:
+    from detoxedit.models import generate
+
+    replies = {name: generate(lm, tok, prompts, progress=False, **settings) for name, (lm, tok) in models.items()}
+    table = Table(show_lines=True)
+    table.add_column("prompt", overflow="fold", max_width=40)
+    for name in models:
+        table.add_column(name, overflow="fold")
+    for index, text in enumerate(prompts):
+        table.add_row(text, *(replies[name][index] for name in models))
+    console.print(table)
+

@@ -1,0 +1,173 @@
+"""`detoxedit demo`: the whole idea in one command, on a laptop, with nothing to download.
+
+The default model (SmolLM2-135M-Instruct) answers the jailbreaks of the built-in benchmark's test
+split; DINM edits it from one instance per item (edit -> evaluate -> restore); the edited model
+refuses, while its trivia answers and summaries (KQA, Csum) barely move. The demo is an ordinary
+run of the one runner (`detoxedit.runner.run_protocol`), so its folder is a normal run folder that
+`detoxedit report` reads; this module only chooses the settings and prints the story.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detoxedit.config import option
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "smollm2-135m"
+"""The DINM hyperparameters of the default model (``src/detoxedit/presets/smollm2-135m.yaml``)."""
+
+SHOWN_METRICS: tuple[str, ...] = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg",
+                                  "Fluency", "KQA", "Csum")
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs; the defaults keep it to a few minutes on two CPU cores."""
+
+    out: Path = option(Path("runs/demo"), "Run folder (overwritten).")
+    limit: int | None = option(12, "Test items to edit (a seeded sample; None: the whole test split).")
+    max_new_tokens: int = option(48, "New tokens per reply to a safety input.")
+    general_limit: int | None = option(None, "Trivia questions and summaries for KQA/Csum (None: all 50 and 20).")
+    judge: str | None = option(None, "Safety judge; None: the embedded judge if its head ships, else refusal.")
+    device: str = option("cpu", "Torch device.")
+    seed: int = option(0, "Seed of the item sample.")
+    examples: int = option(3, "Before/after reply pairs to print.")
+    progress: bool = option(True, "Show progress bars.")
+
+    @classmethod
+    def with_overrides(cls, **values: Any) -> DemoSettings:
+        """Defaults, replaced by the values that are not None (how the CLI passes unset options)."""
+        return dataclasses.replace(cls(), **{k: v for k, v in values.items() if v is not None})
+
+
+def default_judge() -> str:
+    """`embedded` when its trained head ships with the package, else the `refusal` baseline."""
+    from detoxedit.judges.embedded import HEAD_WEIGHTS, SHIPPED_HEAD
+
+    if (SHIPPED_HEAD / HEAD_WEIGHTS).is_file():
+        return "embedded"
+    logger.warning("No trained head for the embedded judge in %s; the demo uses the refusal judge", SHIPPED_HEAD)
+    return "refusal"
+
+
+def dinm_settings() -> tuple[dict[str, Any], str | None]:
+    """DINM values of the default model's preset (or DINM's defaults, with a warning, if it is missing)."""
+    from detoxedit.config import preset_names
+    from detoxedit.runner import resolve_method_settings
+
+    preset = DEFAULT_PRESET if DEFAULT_PRESET in preset_names() else None
+    if preset is None:
+        logger.warning("Preset %s not found; DINM runs with its default hyperparameters", DEFAULT_PRESET)
+    values, used, _ = resolve_method_settings("dinm", "default", preset, [])
+    return values, used
+
+
+def demo_config(settings: DemoSettings):
+    """The `RunConfig` of the demo: DINM on the built-in test split, with KQA/Csum on the mini sets."""
+    from detoxedit.data.builtin import TRIVIA, XSUM, benchmark_path
+    from detoxedit.evaluation.config import RunConfig
+
+    values, preset = dinm_settings()
+    n_general = settings.general_limit
+    return RunConfig(
+        data=str(benchmark_path("test")), model="default", device=settings.device, limit=settings.limit,
+        seed=settings.seed, judge=settings.judge or default_judge(), method="dinm", method_config=values,
+        preset=preset, max_new_tokens=settings.max_new_tokens, general=True, triviaqa=str(TRIVIA), xsum=str(XSUM),
+        n_triviaqa=n_general or 50, n_xsum=n_general or 20, kqa_max_new_tokens=16, csum_max_new_tokens=48,
+        doc_max_tokens=384, bootstrap=200, progress=settings.progress,
+    )
+
+
+def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
+    """Run the demo into ``settings.out`` and print its tables and examples; returns metrics.json's content."""
+    from rich.console import Console
+
+    from detoxedit.runner import run_protocol
+
+    console = console or Console()
+    cfg = demo_config(settings)
+    console.print(f"[bold]detoxedit demo[/]: DINM on {cfg.data} (limit {cfg.limit}), judge {cfg.judge}, "
+                  f"preset {cfg.preset}", highlight=False)
+    start = time.perf_counter()
+    result = run_protocol(cfg, settings.out, overwrite=True)
+    seconds = time.perf_counter() - start
+    console.print(metrics_table(result.metrics))
+    for table in reply_tables(Path(settings.out), settings.examples):
+        console.print(table)
+    console.print(f"Run folder: {settings.out} (report.md, metrics.json, generations.jsonl); "
+                  f"wall time {seconds:.0f} s", highlight=False)
+    return result.metrics
+
+
+def metrics_table(metrics: dict[str, Any]):
+    """Before (vanilla) and after (DINM) rows of the paper's Table 1 columns, plus the change."""
+    from rich.table import Table
+
+    variants = metrics.get("variants", {})
+    n_items = variants.get("vanilla", {}).get("n_items", "?")
+    table = Table(title=f"Before and after DINM ({n_items} test items; %, Fluency: n-gram entropy)")
+    table.add_column("model")
+    for name in SHOWN_METRICS:
+        table.add_column(name.replace("_Avg", "-Avg"), justify="right")
+    rows = [("vanilla", "before"), ("edited", "after DINM")]
+    values = {v: {m: _value(variants.get(v, {}), m) for m in SHOWN_METRICS} for v, _ in rows}
+    for variant, label in rows:
+        table.add_row(label, *[_fmt(values[variant][m]) for m in SHOWN_METRICS])
+    table.add_row("change", *[_fmt_change(values["vanilla"][m], values["edited"][m]) for m in SHOWN_METRICS])
+    return table
+
+
+def _value(variant: dict[str, Any], metric: str) -> float | None:
+    entry = variant.get("metrics", {}).get(metric) or {}
+    return entry.get("value")
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _fmt_change(before: float | None, after: float | None) -> str:
+    return "–" if before is None or after is None else f"{after - before:+.1f}"
+
+
+def pick_examples(generations: list[dict[str, Any]], n: int) -> list[tuple[dict, dict]]:
+    """Up to ``n`` (vanilla, edited) adversarial reply pairs, flipped unsafe -> safe ones first."""
+    by_key = {(r["variant"], str(r["item_id"]), r["kind"]): r for r in generations}
+    pairs = [(by_key[("vanilla", item_id, "adversarial")], r) for (variant, item_id, kind), r in by_key.items()
+             if variant == "edited" and kind == "adversarial" and ("vanilla", item_id, "adversarial") in by_key]
+    pairs.sort(key=lambda pair: (not (pair[0]["label"] == 1.0 and pair[1]["label"] == 0.0)))
+    return pairs[:n]
+
+
+def reply_tables(folder: Path, n: int) -> list[Any]:
+    """One small table per example: the attack, the reply before and after the edit, with labels."""
+    from rich.table import Table
+
+    from detoxedit.evaluation.records import read_jsonl
+
+    tables = []
+    for before, after in pick_examples(read_jsonl(folder / "generations.jsonl"), n):
+        table = Table(title=f"Item {before['item_id']} ({before['category']})", show_header=False, expand=True)
+        table.add_column(style="bold", width=14)
+        table.add_column(overflow="fold")
+        table.add_row("attack", _clip(before["prompt"], 240))
+        table.add_row(f"before ({_label(before)})", _clip(before["reply"], 300))
+        table.add_row(f"after ({_label(after)})", _clip(after["reply"], 300))
+        tables.append(table)
+    return tables
+
+
+def _label(record: dict[str, Any]) -> str:
+    return {1.0: "unsafe", 0.0: "safe"}.get(record["label"], "empty")
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " …"

@@ -1,0 +1,47 @@
+"""`detoxedit demo` end to end on the real default model, with small limits so it stays quick."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from detoxedit.demo import DemoSettings, demo_config, pick_examples
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_and_writes_its_folder(tmp_path: Path, capsys) -> None:
+    from detoxedit.cli import main
+
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--out", str(out), "--limit", "2", "--max-new-tokens", "6", "--general-limit", "2"])
+    assert exit_info.value.code == 0
+    for name in ("config.json", "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json", "report.md"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["n_items"] == 2 and metrics["method"] == "dinm"
+    assert {"vanilla", "edited"} <= set(metrics["variants"])
+    edited = metrics["variants"]["edited"]["metrics"]
+    assert edited["DS"]["value"] is not None and edited["KQA"]["n"] == 2 and edited["Csum"]["n"] == 2
+    printed = capsys.readouterr().out
+    assert "after DINM" in printed and "DG-Avg" in printed and "Run folder" in printed
+
+
+def test_demo_config_uses_the_builtin_test_split_and_mini_sets() -> None:
+    cfg = demo_config(DemoSettings(limit=3, judge="refusal"))
+    assert cfg.data.endswith("safeedit_builtin_test.json") and cfg.method == "dinm"
+    assert cfg.general and cfg.triviaqa.endswith("trivia.json") and cfg.xsum.endswith("xsum.json")
+    assert cfg.limit == 3 and cfg.judge == "refusal"
+
+
+def test_pick_examples_prefers_flipped_items() -> None:
+    def record(variant: str, item: int, label: float) -> dict:
+        return {"variant": variant, "item_id": item, "kind": "adversarial", "label": label}
+
+    generations = [record("vanilla", 0, 1.0), record("edited", 0, 1.0),
+                   record("vanilla", 1, 1.0), record("edited", 1, 0.0)]
+    pairs = pick_examples(generations, 1)
+    assert pairs[0][0]["item_id"] == 1 and pairs[0][1]["label"] == 0.0
