@@ -139,7 +139,7 @@ def way_a(args: argparse.Namespace, n_items: int, max_new_tokens: int) -> dict[s
     stops = sorted(stop_token_ids(model, tok))
     params = dict(model.named_parameters())
     phases, replies, deltas, tokens = [], {}, {}, 0
-    start_all = time.perf_counter()
+    start_all, cpu_all = time.perf_counter(), time.process_time()
     for item in items:
         clock = _Clock()
         layer = plain_locate(model, edit_fmt, item, dcfg.max_input_tokens)
@@ -166,7 +166,7 @@ def way_a(args: argparse.Namespace, n_items: int, max_new_tokens: int) -> dict[s
         replies |= {f"{item.id}/{kind}": r for kind, r in zip(texts, item_replies)}
         deltas[str(item.id)] = {name: delta}
         tokens += sum(len(ids) for ids in new_ids)
-    return _result("a", items, phases, time.perf_counter() - start_all, tokens, replies, deltas)
+    return _result("a", items, phases, time.perf_counter() - start_all, time.process_time() - cpu_all, tokens, replies, deltas)
 
 
 class _Clock:
@@ -180,8 +180,9 @@ class _Clock:
         self._last = now
 
 
-def _result(way, items, phases, total_s, tokens, replies, deltas) -> dict[str, Any]:
-    return {"way": way, "n_items": len(items), "phases": phases, "total_s": total_s, "tokens": tokens,
+def _result(way, items, phases, total_s, cpu_s, tokens, replies, deltas) -> dict[str, Any]:
+    """What a child process hands back; `cpu_s` (process CPU time) is steadier than wall time on a shared CPU."""
+    return {"way": way, "n_items": len(items), "phases": phases, "total_s": total_s, "cpu_s": cpu_s, "tokens": tokens,
             "replies": replies, "deltas": deltas, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -217,9 +218,9 @@ def way_b(args: argparse.Namespace, n_items: int, max_new_tokens: int) -> dict[s
     tuning.locate_toxic_layer, textgen.generate_ids, method.execute = timed_locate, counted_generate_ids, recorded_execute
     with tempfile.TemporaryDirectory() as folder:
         runner = Runner(cfg, Path(folder), model, tok, judge, method)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         runner.edits(items)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
         logged = runner.items_log.read()
         replies = {f"{r['item_id']}/{r['kind']}": r["reply"] for r in runner.generations.read() if r["variant"] == "edited"}
     phases = []
@@ -227,7 +228,7 @@ def way_b(args: argparse.Namespace, n_items: int, max_new_tokens: int) -> dict[s
         t = record["time_s"]
         phases.append({"localise": localise, "edit": t["execute"] - localise, "generate": t["generate"],
                        "judge": t["judge"], "restore": t["restore"]})
-    return _result("b", items, phases, total, tokens[0], replies, deltas)
+    return _result("b", items, phases, total, cpu, tokens[0], replies, deltas)
 
 
 # ---------------------------------------------------------------- generation only (one process, back to back)
@@ -248,16 +249,16 @@ def generation_only(args: argparse.Namespace, max_new_tokens: int) -> list[dict[
     stops = sorted(stop_token_ids(model, tok))
     rows, outputs = [], {}
     for variant in args.gen_variants:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if variant == "hf":
             out = _hf_batched(model, tok, encoded, max_new_tokens, stops)
         else:
             out = generate_ids(model, tok, encoded, max_new_tokens, progress=False, engine=variant)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         outputs[variant] = [_cut(ids, set(stops)) for ids in out]
         n = sum(len(ids) for ids in outputs[variant])
-        rows.append({"variant": variant, "seconds": seconds, "tokens": n, "tok_s": n / seconds,
-                     "prompt_tokens": sum(map(len, encoded)), "same_as_first": outputs[variant] == outputs[args.gen_variants[0]]})
+        rows.append({"variant": variant, "seconds": seconds, "cpu_s": cpu, "tokens": n, "tok_s": n / seconds,
+                     "prompt_tokens": sum(map(len, encoded)), "rows": len(encoded), "same_as_first": outputs[variant] == outputs[args.gen_variants[0]]})
     return rows
 
 
@@ -317,11 +318,11 @@ def delta_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(rels) if rels else float("nan")
 
 
-def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], problems: list[str]):
+def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], problems: list[str], threads: int):
     from rich.table import Table
 
     table = Table(title=f"per item, median s (max_new_tokens={max_new_tokens}, {a['n_items']} items, "
-                        f"{torch.get_num_threads()} threads, shared CPU)")
+                        f"{threads} threads, shared CPU)")
     for column in ("phase", "(a) reference", "(b) detoxedit", "speed-up (a)/(b)"):
         table.add_column(column, justify="right")
     for phase in PHASES:
@@ -329,6 +330,8 @@ def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], pro
         table.add_row(phase, f"{ta:.2f}", f"{tb:.2f}", f"{ta / tb:.1f}x" if tb > 0 else "-")
     ea, eb = a["total_s"] / a["n_items"], b["total_s"] / b["n_items"]
     table.add_row("end-to-end / item", f"{ea:.2f}", f"{eb:.2f}", f"{ea / eb:.1f}x", style="bold")
+    ca, cb = a["cpu_s"] / a["n_items"], b["cpu_s"] / b["n_items"]
+    table.add_row("end-to-end CPU s / item", f"{ca:.2f}", f"{cb:.2f}", f"{ca / cb:.1f}x")
     ga, gb = (r["tokens"] / sum(p["generate"] for p in r["phases"]) for r in (a, b))
     table.add_row("generation tok/s", f"{ga:.1f}", f"{gb:.1f}", f"{gb / ga:.1f}x")
     table.add_row("generated tokens", str(a["tokens"]), str(b["tokens"]), "")
@@ -341,12 +344,13 @@ def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], pro
 def generation_table(max_new_tokens: int, rows: list[dict[str, Any]]):
     from rich.table import Table
 
-    table = Table(title=f"generation only: {rows[0]['prompt_tokens']} prompt tokens in {len(rows) and 'N'} rows, "
-                        f"max_new_tokens={max_new_tokens}")
-    for column in ("variant", "seconds", "new tokens", "tok/s", "same ids as first"):
+    table = Table(title=f"generation only: {rows[0]['rows']} dev prompts ({rows[0]['prompt_tokens']} prompt tokens), "
+                        f"max_new_tokens={max_new_tokens}, one process, back to back")
+    for column in ("variant", "wall s", "CPU s", "new tokens", "tok/s (wall)", "tok / CPU s", "same ids as first"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["variant"], f"{row['seconds']:.1f}", str(row["tokens"]), f"{row['tok_s']:.1f}", str(row["same_as_first"]))
+        table.add_row(row["variant"], f"{row['seconds']:.1f}", f"{row['cpu_s']:.1f}", str(row["tokens"]),
+                      f"{row['tok_s']:.1f}", f"{row['tokens'] / row['cpu_s']:.1f}", str(row["same_as_first"]))
     return table
 
 
@@ -380,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
-    console, failures = Console(), []
+    console, failures = Console(width=150), []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for max_new_tokens in args.max_new_tokens:
@@ -392,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             n = args.items if max_new_tokens <= 128 else args.items_long
             a, b = (run_child(args, way, n, max_new_tokens, folder) for way in ("a", "b"))
             problems = compare(a, b)
-            console.print(summary_table(max_new_tokens, a, b, problems))
+            console.print(summary_table(max_new_tokens, a, b, problems, args.threads))
             for problem in problems:
                 console.print(f"[red]MISMATCH[/red] ({max_new_tokens} tokens) {problem}")
             failures += problems

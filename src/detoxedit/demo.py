@@ -32,8 +32,8 @@ class DemoSettings:
     """What the demo runs; the defaults keep it to a few minutes on two CPU cores."""
 
     out: Path = option(Path("runs/demo"), "Run folder (overwritten).")
-    limit: int | None = option(12, "Test items to edit (a seeded sample; None: the whole test split).")
-    max_new_tokens: int = option(48, "New tokens per reply to a safety input.")
+    limit: int | None = option(8, "Test items to edit (a seeded sample; None: the whole test split).")
+    max_new_tokens: int = option(64, "New tokens per reply to a safety input (64: as the benchmark was built).")
     general_limit: int | None = option(None, "Trivia questions and summaries for KQA/Csum (None: all 50 and 20).")
     judge: str | None = option(None, "Safety judge; None: the embedded judge if its head ships, else refusal.")
     device: str = option("cpu", "Torch device.")
@@ -98,7 +98,8 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     result = run_protocol(cfg, settings.out, overwrite=True)
     seconds = time.perf_counter() - start
-    console.print(metrics_table(result.metrics))
+    for table in metrics_tables(result.metrics):
+        console.print(table)
     for table in reply_tables(Path(settings.out), settings.examples):
         console.print(table)
     console.print(f"Run folder: {settings.out} (report.md, metrics.json, generations.jsonl); "
@@ -106,21 +107,33 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     return result.metrics
 
 
-def metrics_table(metrics: dict[str, Any]):
-    """Before (vanilla) and after (DINM) rows of the paper's Table 1 columns, plus the change."""
-    from rich.table import Table
+def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
+    """Before (vanilla) and after (DINM) rows: safety (DS, DG) and general ability (Fluency, KQA, Csum).
 
+    Two narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
+    """
     variants = metrics.get("variants", {})
     n_items = variants.get("vanilla", {}).get("n_items", "?")
-    table = Table(title=f"Before and after DINM ({n_items} test items; %, Fluency: n-gram entropy)")
+    return [
+        _before_after(variants, SHOWN_METRICS[:6], f"Safety before and after DINM ({n_items} test items, %)"),
+        _before_after(variants, SHOWN_METRICS[6:], "General ability (%; Fluency: n-gram entropy)",
+                      caption="after DINM: KQA/Csum of the model edited from one instance"),
+    ]
+
+
+def _before_after(variants: dict[str, Any], names: tuple[str, ...], title: str, caption: str | None = None) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, min_width=len(title) + 4)
     table.add_column("model")
-    for name in SHOWN_METRICS:
-        table.add_column(name.replace("_Avg", "-Avg"), justify="right")
-    rows = [("vanilla", "before"), ("edited", "after DINM")]
-    values = {v: {m: _value(variants.get(v, {}), m) for m in SHOWN_METRICS} for v, _ in rows}
-    for variant, label in rows:
-        table.add_row(label, *[_fmt(values[variant][m]) for m in SHOWN_METRICS])
-    table.add_row("change", *[_fmt_change(values["vanilla"][m], values["edited"][m]) for m in SHOWN_METRICS])
+    for name in names:
+        table.add_column(name.replace("_Avg", "-Avg"), justify="right", no_wrap=True)
+    before = [_value(variants.get("vanilla", {}), m) for m in names]
+    after = [_value(variants.get("edited", {}), m) for m in names]
+    digits = [2 if m == "Fluency" else 1 for m in names]
+    table.add_row("before", *map(_fmt, before, digits))
+    table.add_row("after DINM", *map(_fmt, after, digits))
+    table.add_row("change", *map(_fmt_change, before, after, digits))
     return table
 
 
@@ -129,12 +142,12 @@ def _value(variant: dict[str, Any], metric: str) -> float | None:
     return entry.get("value")
 
 
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_change(before: float | None, after: float | None) -> str:
-    return "–" if before is None or after is None else f"{after - before:+.1f}"
+def _fmt_change(before: float | None, after: float | None, digits: int) -> str:
+    return "–" if before is None or after is None else f"{after - before:+.{digits}f}"
 
 
 def pick_examples(generations: list[dict[str, Any]], n: int) -> list[tuple[dict, dict]]:

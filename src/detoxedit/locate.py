@@ -19,9 +19,12 @@ Variants:
                 winning index, so layer i is scored by `hidden_states[i + 1]`, i.e. layer i's
                 output; we reproduce exactly that.
 
-In all variants, layer i is scored by `hidden_states[i + 1]` (the output of decoder layer i, as
-the adapter numbers layers 0..num_layers-1). Note that Hugging Face applies the final norm to
-the last entry, so the last layer is scored after the final norm, as in the reference.
+Layer i is scored by its output, `hidden_states[i + 1]` (layers numbered 0..num_layers-1 as in
+the adapter). Hugging Face applies the final norm to the last entry of `hidden_states`. `mean`
+and `easyedit` use that entry as it is, as the reference does (on SmolLM2-135M the post-norm
+distance is small, so the last layer is effectively never chosen; with its pre-norm output it
+would always be, since its norm is the largest). `normalized` reads the last layer's own output
+before the final norm: a norm layer would make its scale-free distance incomparable.
 """
 
 from __future__ import annotations
@@ -84,12 +87,31 @@ def locate_toxic_layer(
     return Localisation(layer=layer, distances=distances, variant=variant)
 
 
-def _layer_states(model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Decoder-layer outputs `hidden_states[1:]`, each (batch, seq, hidden), without grad."""
+def _layer_states(
+    model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, *, pre_norm_last: bool
+) -> tuple[torch.Tensor, ...]:
+    """Decoder-layer outputs `hidden_states[1:]`, each (batch, seq, hidden), without grad.
+
+    Hugging Face applies the final norm to the last entry. With `pre_norm_last`, the last layer's
+    own output is read instead (a forward hook, removed before returning), so every layer is
+    scored on the same footing; the norm otherwise rescales only the last layer's distance.
+    """
     device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False)
-    return tuple(h.float() for h in out.hidden_states[1:])
+    captured: list[torch.Tensor] = []
+    hook = None
+    if pre_norm_last:
+        keep = lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
+        hook = get_adapter(model).layers[-1].register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False)
+    finally:
+        if hook is not None:
+            hook.remove()
+    states = list(out.hidden_states[1:])
+    if pre_norm_last:
+        states[-1] = captured[-1]
+    return tuple(h.float() for h in states)
 
 
 def _pooled_distances(
@@ -104,7 +126,7 @@ def _pooled_distances(
     input_ids, mask = _right_pad(rows, fmt.tokenizer.pad_token_id or 0)  # (2, width)
     spans = [slice(len(prompt), len(row)) for row in rows]
     distances = []
-    for states in _layer_states(model, input_ids, mask):
+    for states in _layer_states(model, input_ids, mask, pre_norm_last=normalize):
         safe, unsafe = states[0, spans[0]], states[1, spans[1]]  # (reply_len, hidden) each
         distance = (safe.mean(0) - unsafe.mean(0)).norm()
         if normalize:
@@ -117,7 +139,7 @@ def _pooled_distances(
 def _easyedit_distances(model: nn.Module, tokenizer: Any, item: Any) -> list[float]:
     """The reference's profile: replies alone, padded as a pair, distance over the whole sequence."""
     batch = tokenizer([item.safe_generation, item.unsafe_generation], return_tensors="pt", padding=True, truncation=True)
-    states = _layer_states(model, batch["input_ids"], batch["attention_mask"])
+    states = _layer_states(model, batch["input_ids"], batch["attention_mask"], pre_norm_last=False)
     return [float(torch.dist(h[0], h[1], p=2)) for h in states]
 
 

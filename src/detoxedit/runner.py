@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +139,6 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], overwrite: bool) ->
     if overwrite:
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
-        shutil.rmtree(folder / "figures", ignore_errors=True)
     elif config_path.is_file():
         old = json.loads(config_path.read_text(encoding="utf-8"))
         differing = config_differences(old, resolved)

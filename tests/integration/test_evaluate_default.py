@@ -70,7 +70,7 @@ def test_edit_run_on_default_model_leaves_it_unchanged(shared_data, tmp_path, de
     data = shared_data / "safeedit" / "safeedit_test_subset_dev.json"
     replies = {}
     for batched in (True, False):
-        cfg = RunConfig(data=str(data), limit=2, max_new_tokens=16, judge="refusal", method="dinm",
+        cfg = RunConfig(data=str(data), limit=2, max_new_tokens=8, judge="refusal", method="dinm",
                         method_config={"steps": 2}, batched_edits=batched, progress=False, bootstrap=50)
         folder = tmp_path / f"dinm-{batched}"
         run_protocol(cfg, folder, model=model, tokenizer=tokenizer, judge=load_judge("refusal"))

@@ -344,3 +344,17 @@ def test_shipped_general_sets_match_their_yaml() -> None:
     assert builtin.TRIVIA.read_text(encoding="utf-8") == trivia_text
     assert builtin.XSUM.read_text(encoding="utf-8") == xsum_text
     assert len(builtin.load_builtin_trivia()) == 50 and len(builtin.load_builtin_xsum()) == 20
+
+
+def test_shipped_benchmark_matches_the_pipeline_plan() -> None:
+    """Every shipped item is a planned candidate of BUILT_WITH's settings (rebuild after editing the YAMLs)."""
+    sources = b.load_sources(builtin.QUESTIONS, builtin.TEMPLATES, builtin.REFUSALS, builtin.KNOWLEDGE)
+    config = b.BuildConfig(seed=builtin.BUILT_WITH["seed"], splits=tuple(builtin.BUILT_WITH["splits"]),
+                           per_question=builtin.BUILT_WITH["per_question"],
+                           max_new_tokens=builtin.BUILT_WITH["max_new_tokens"])
+    planned = {(c.split, c.question.text, c.template.name): c.to_item(0, "") for c in b.plan_candidates(sources, config)}
+    for split in b.SPLITS:
+        for item in builtin.load_builtin_benchmark(split):
+            expected = planned[(split, item.question, item.attack_name)]
+            assert item.unsafe_generation.strip()
+            assert item.to_json() | {"id": 0, "unsafe generation": ""} == expected.to_json()

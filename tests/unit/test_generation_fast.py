@@ -114,7 +114,7 @@ def test_unknown_engine_is_refused() -> None:
 def test_preallocated_layer_behaves_like_a_dynamic_layer() -> None:
     torch.manual_seed(0)
     keys = [torch.randn(3, 2, n, 4) for n in (5, 1, 1)]
-    dynamic, fast = DynamicLayer(), _PreallocatedLayer(torch.zeros(3, 2, 6, 4), torch.zeros(3, 2, 6, 4))
+    dynamic, fast = DynamicLayer(), _PreallocatedLayer(capacity=6)
     for k in keys:  # the third update overflows the capacity of 6 and must grow
         expected = dynamic.update(k, -k)
         got = fast.update(k, -k)
@@ -127,7 +127,7 @@ def test_preallocated_layer_behaves_like_a_dynamic_layer() -> None:
 
 
 def test_preallocated_layer_left_aligns_rows_of_a_staircase_prefill() -> None:
-    layer = _PreallocatedLayer(torch.zeros(2, 1, 5, 1), torch.zeros(2, 1, 5, 1))
+    layer = _PreallocatedLayer(capacity=5)
     layer.update(torch.tensor([[[[1.0], [2.0]]], [[[5.0], [6.0]]]]), torch.zeros(2, 1, 2, 1))  # both rows: 2 tokens
     layer.keep_first(1)  # row 1 is a 2-token prompt; row 0 runs on
     layer.update(torch.tensor([[[[3.0]]]]), torch.zeros(1, 1, 1, 1))

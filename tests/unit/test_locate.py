@@ -10,7 +10,7 @@ from detoxedit.data import SafeEditItem
 from detoxedit.errors import DetoxeditError
 from detoxedit.locate import LOCATE_VARIANTS, locate_toxic_layer
 from detoxedit.methods.base import weight_checksum
-from detoxedit.models import get_adapter
+from detoxedit.models import ChatFormat, get_adapter
 
 
 def make_item(item_id: int = 0, safe: str = "I'm sorry, I can't help with that.", unsafe: str = "Sure, step one: buy a crowbar.") -> SafeEditItem:
@@ -101,3 +101,25 @@ def test_unknown_variant_and_empty_reply_are_clear_errors(tiny_llama):
     object.__setattr__(empty, "safe_generation", "")
     with pytest.raises(DetoxeditError, match="item 0"):
         locate_toxic_layer(model, tok, empty)
+
+
+def test_normalized_scores_the_last_layer_before_the_final_norm(tiny_llama):
+    """hidden_states[-1] is post-final-norm in HF; `normalized` must use the last layer's own output."""
+    model, tok = tiny_llama
+    item = make_item()
+    fmt = ChatFormat(tok)
+    prompt = fmt.encode(item.adversarial_prompt)
+    pooled, norms = [], []
+    for reply in (item.safe_generation, item.unsafe_generation):
+        ids = torch.tensor([prompt + fmt.encode_reply(reply)])
+        captured = []
+        hook = get_adapter(model).layers[-1].register_forward_hook(lambda m, a, out: captured.append(out))
+        with torch.no_grad():
+            model(input_ids=ids)
+        hook.remove()
+        states = captured[0][0, len(prompt):]  # (reply, hidden)
+        pooled.append(states.mean(0))
+        norms.append(states.norm(dim=-1).mean())
+    expected = float((pooled[0] - pooled[1]).norm() / ((norms[0] + norms[1]) / 2))
+    found = locate_toxic_layer(model, tok, item, variant="normalized")
+    assert found.distances[-1] == pytest.approx(expected, rel=1e-4)

@@ -45,6 +45,7 @@ def _register_commands() -> None:
     from detoxedit.cli import edit_cmds  # noqa: F401
     from detoxedit.cli import eval_cmds  # noqa: F401
     from detoxedit.cli import build_cmds  # noqa: F401
+    from detoxedit.cli import judge_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

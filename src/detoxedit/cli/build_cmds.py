@@ -43,7 +43,11 @@ def build(
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
 ) -> None:
-    """Build a SafeEdit-format benchmark: questions x templates, the model's own unsafe replies, splits by question."""
+    """Build a SafeEdit-format benchmark: questions x templates, the model's own unsafe replies, splits by question.
+
+    With every option at its default this rebuilds the shipped benchmark
+    (detoxedit/data/builtin/safeedit_builtin_{train,val,test}.json) byte for byte on CPU.
+    """
     from detoxedit.data import build as pipeline
     from detoxedit.data import builtin
     from detoxedit.judges import load_judge
@@ -87,8 +91,8 @@ def _print_build_summary(result, paths: dict[str, Path]) -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (results, tables, config)."),
-    limit: int = typer.Option(None, help="Test items to edit (default: all of the built-in test split)."),
-    max_new_tokens: int = typer.Option(None, help="New tokens per safety reply (default: the demo's setting)."),
+    limit: int = typer.Option(None, help="Test items to edit, a seeded sample (default 8; 0: the whole test split)."),
+    max_new_tokens: int = typer.Option(None, help="New tokens per safety reply (default 64, as the benchmark was built)."),
     general_limit: int = typer.Option(None, help="Trivia and summary items for KQA/Csum (default: all)."),
     judge: str = typer.Option(None, help="Safety judge (default: embedded, else refusal if no head is shipped)."),
     device: str = opt.DEVICE,
@@ -98,4 +102,6 @@ def demo(
 
     settings = DemoSettings.with_overrides(out=out, limit=limit, max_new_tokens=max_new_tokens,
                                            general_limit=general_limit, judge=judge, device=device)
+    if limit == 0:
+        settings.limit = None
     run_demo(settings, console=console)

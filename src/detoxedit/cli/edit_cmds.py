@@ -63,7 +63,10 @@ def method_values(preset: str | None, model_spec: str, method: str, overrides: d
     name = preset or (DEFAULT_MODEL_PRESET if model_spec == "default" else None)
     values: dict[str, Any] = {}
     if name is not None:
-        section = (load_preset(name).get("methods") or {}).get(method)
+        loaded = load_preset(name)
+        if loaded.get("model") not in (None, model_spec):
+            logger.warning("preset %s is meant for model %r, but --model is %r", name, loaded["model"], model_spec)
+        section = (loaded.get("methods") or {}).get(method)
         if section is None:
             logger.warning("preset %s has no settings for method %r; using the method's defaults", name, method)
         values.update(section or {})

@@ -63,8 +63,9 @@ def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     from detoxedit.report import table1
 
-    rows = [(name, data["metrics"]) for name, data in metrics.get("variants", {}).items()]
-    console.print(table1(rows, with_ci=False), markup=False, highlight=False)
+    names = {"vanilla": "Vanilla", "edited": str(metrics.get("method", "edited")).upper()}
+    rows = [(names[name], data["metrics"]) for name, data in metrics.get("variants", {}).items()]
+    console.print(table1(rows, with_ci=False), markup=False, highlight=False, soft_wrap=True)
     console.print(f"results in {out}/ (report.md, metrics.json, generations.jsonl)", highlight=False)
 
 

@@ -53,7 +53,8 @@ class RunConfig:
     max_batch_size: int = option(64, "Max rows per generation batch.")
     items_per_batch: int = option(8, "Items whose edits are computed first and then generated together.")
     batched_edits: bool = option(True, "Generate several items' edits in one batch (per-row deltas); "
-                                       "False applies each edit to the model in turn.")
+                                       "False applies each edit to the model in turn (same replies in "
+                                       "float32; in bf16 applying rounds W + delta, see models/multidelta.py).")
     inherit_sampling: bool = option(False, "REPRODUCES A DEFECT of the reference code: sample with the "
                                            "checkpoint's generation_config instead of greedy decoding.")
     char_slice: bool = option(False, "REPRODUCES A DEFECT of the reference code: cut replies by the "

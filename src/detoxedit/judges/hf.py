@@ -52,6 +52,9 @@ class HFJudge(Judge):
             raise ModelLoadError(
                 f"cannot load judge classifier {self.path!r} (need a sequence-classification model with "
                 f"model.safetensors and a tokenizer): {err}") from err
+        if self._tokenizer.pad_token is None:  # e.g. GPT-2-style classifiers: batching needs a pad token
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+            model.config.pad_token_id = self._tokenizer.eos_token_id
         n_labels = model.config.num_labels
         if not 0 <= self.unsafe_label < n_labels:
             raise ModelLoadError(f"judge {self.path!r} has {n_labels} labels; unsafe_label={self.unsafe_label} is out of range")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from detoxedit.config import check, option
 from detoxedit.errors import ConfigError, DetoxeditError
 from detoxedit.locate import LOCATE_VARIANTS, Localisation, locate_toxic_layer
+from detoxedit.methods.base import Edit
 from detoxedit.models.adapter import get_adapter
 from detoxedit.models.chat import CHAT_MODES, ChatFormat
 from detoxedit.models.generation import truncate_left
@@ -150,6 +151,8 @@ class Objective:
 
 @dataclass
 class TuningResult:
+    """The trained change (parameter layout) and the loop's record; `seconds` covers the steps only."""
+
     delta: torch.Tensor
     losses: list[float]
     parts: list[dict[str, float]]
@@ -253,3 +256,16 @@ def run_single_layer_edit(
                       loss_threshold=loss_threshold, context=context)
     logger.debug("%s: layer %d, %d steps, loss %.4f -> %.4f", context, layer, result.steps_run, result.losses[0], result.losses[-1])
     return param_name, result
+
+
+def make_edit(
+    method: str, name: str, layer: int, result: TuningResult, found: Localisation | None, start: float, **extra: Any
+) -> Edit:
+    """The `Edit` record both methods return: the delta, per-step losses, and how they were found."""
+    info = {
+        "method": method, "steps_run": result.steps_run, "seconds": time.perf_counter() - start,
+        "tune_seconds": result.seconds, "loss_parts": result.parts, "located": found is not None,
+        "locate_variant": found.variant if found else None, "distances": found.distances if found else None,
+        **extra,
+    }
+    return Edit(deltas={name: result.delta}, layer=layer, losses=result.losses, info=info)

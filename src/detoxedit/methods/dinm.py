@@ -17,6 +17,7 @@ once the loss falls below 1e-4.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,13 @@ from torch import nn
 
 from detoxedit.config import check, option
 from detoxedit.locate import Localisation
-from detoxedit.methods._tuning import SingleLayerConfig, encode_example, resolve_layer, run_single_layer_edit
+from detoxedit.methods._tuning import (
+    SingleLayerConfig,
+    encode_example,
+    make_edit,
+    resolve_layer,
+    run_single_layer_edit,
+)
 from detoxedit.methods.base import METHODS, Edit, EditMethod
 from detoxedit.models.chat import ChatFormat
 
@@ -66,6 +73,7 @@ class DINM(EditMethod):
         self._run_layer = None
 
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
+        start = time.perf_counter()
         cfg: DINMConfig = self.config
         compat = cfg.easyedit_compat
         fmt = ChatFormat(tokenizer, "raw" if compat else cfg.chat_format)
@@ -82,13 +90,8 @@ class DINM(EditMethod):
             model, layer, edit, cfg, context, kl=kl, edit_weight=cfg.c_edit, kl_weight=cfg.kl_weight,
             kl_grad=not compat, loss_threshold=threshold,
         )
-        info = {
-            "method": self.name, "steps_run": result.steps_run, "seconds": result.seconds, "loss_parts": result.parts,
-            "located": found is not None, "locate_variant": found.variant if found else None,
-            "distances": found.distances if found else None, "suffix_system_prompt": suffix,
-            "chat_format": fmt.resolved_mode, "easyedit_compat": compat,
-        }
-        return Edit(deltas={name: result.delta}, layer=layer, losses=result.losses, info=info)
+        return make_edit(self.name, name, layer, result, found, start, suffix_system_prompt=suffix,
+                         chat_format=fmt.resolved_mode, easyedit_compat=compat)
 
     def _layer(self, model: nn.Module, tokenizer: Any, item: Any, fmt: ChatFormat) -> tuple[int, Localisation | None]:
         """Faithful: the item's own layer. Compat: the first item's layer, reused until `start_run`."""

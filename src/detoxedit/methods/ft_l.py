@@ -8,13 +8,20 @@ layer is the item's located toxic layer, as for DINM, unless `layer` fixes it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from detoxedit.config import option
-from detoxedit.methods._tuning import SingleLayerConfig, encode_example, resolve_layer, run_single_layer_edit
+from detoxedit.methods._tuning import (
+    SingleLayerConfig,
+    encode_example,
+    make_edit,
+    resolve_layer,
+    run_single_layer_edit,
+)
 from detoxedit.methods.base import METHODS, Edit, EditMethod
 from detoxedit.models.chat import ChatFormat
 
@@ -35,6 +42,7 @@ class FTL(EditMethod):
     config_class = FTLConfig
 
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
+        start = time.perf_counter()
         cfg: FTLConfig = self.config
         fmt = ChatFormat(tokenizer, cfg.chat_format)
         layer, found = resolve_layer(cfg, model, tokenizer, item, fmt, cfg.locate_variant)
@@ -42,9 +50,4 @@ class FTL(EditMethod):
         edit = encode_example(fmt, item.adversarial_prompt, item.safe_generation, cfg.max_input_tokens,
                               f"{context}, field 'safe generation'")
         name, result = run_single_layer_edit(model, layer, edit, cfg, context, loss_threshold=cfg.loss_threshold)
-        info = {
-            "method": self.name, "steps_run": result.steps_run, "seconds": result.seconds, "loss_parts": result.parts,
-            "located": found is not None, "locate_variant": found.variant if found else None,
-            "distances": found.distances if found else None, "chat_format": fmt.resolved_mode,
-        }
-        return Edit(deltas={name: result.delta}, layer=layer, losses=result.losses, info=info)
+        return make_edit(self.name, name, layer, result, found, start, chat_format=fmt.resolved_mode)

@@ -7,6 +7,12 @@ how the reference code's replies became random); finished rows should stop costi
 (e.g. several items' edited weights in one batch) need the list of rows still running at each step.
 
 Replies are cut from the generated token ids, never by character counts, and come back in input order.
+
+Two engines decode the same way and differ in the prefill and the KV cache (see `generate_ids`):
+"fast" (default) runs the prompts without a single pad position into a cache preallocated for the
+whole generation; "simple" runs one left-padded batch into a growing DynamicCache. Greedy outputs
+of both equal one-at-a-time HF `generate` (tests/unit/test_generation_fast.py); timings and the
+profile behind the design are in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -265,22 +271,28 @@ class _PreallocatedLayer(DynamicLayer):
     DynamicLayer concatenates at every step, copying the whole cache (all layers x rows x prompt): at
     32 rows of 1,000-token prompts that is ~3 GB of memory traffic per generated token. Here keys and
     values are views of the first `rows` rows and `length` positions of a (batch, kv_heads, capacity,
-    head_dim) buffer; attention reads the same numbers, so outputs are unchanged.
+    head_dim) buffer, allocated at the first update (which must hold every row); attention reads the
+    same numbers, so outputs are unchanged.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, capacity: int) -> None:
         super().__init__()
-        self._keys, self._values = keys, values  # (batch, kv_heads, capacity, head_dim) each
-        self.rows, self.length = keys.shape[0], 0
-        self.device = keys.device
-        self.is_initialized = True
-        self._views()
+        self.capacity, self.rows, self.length = capacity, 0, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.rows = key_states.shape[0]
+        self._keys = key_states.new_zeros(key_states.shape[:2] + (self.capacity, key_states.shape[3]))
+        self._values = value_states.new_zeros(value_states.shape[:2] + (self.capacity, value_states.shape[3]))
+        self.is_initialized = True  # zeros, not empty: pad slots are masked, but must stay finite for the kernels
 
     def _views(self) -> None:
-        self.keys = self._keys[: self.rows, :, : self.length]
+        self.keys = self._keys[: self.rows, :, : self.length]  # (rows, kv_heads, length, head_dim)
         self.values = self._values[: self.rows, :, : self.length]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self._keys.shape[-2]:  # more tokens than planned for: grow (never happens in `generate`)
             self._keys, self._values = (_resized(t, end, self.length) for t in (self._keys, self._values))
@@ -296,7 +308,8 @@ class _PreallocatedLayer(DynamicLayer):
     def keep_first(self, rows: int) -> None:
         """Prefill: the shorter prompts are done; only the first `rows` rows run on (no copy)."""
         self.rows = rows
-        self._views()
+        if self.is_initialized:
+            self._views()
 
     def left_align(self, lengths: Sequence[int]) -> None:
         """Prefill wrote row r at positions 0..len_r-1; decoding wants it left-padded to the widest."""
@@ -340,15 +353,6 @@ def _preallocatable(model: PreTrainedModel, capacity: int) -> bool:
     )
 
 
-def _kv_shape(model: PreTrainedModel) -> tuple[int, int]:
-    """(kv_heads, head_dim) of the model's attention layers, read from its config."""
-    config = model.config.get_text_config(decoder=True)
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return kv_heads, head_dim
-
-
 def _prefill_staircase(model, batch, rows, max_new_tokens, row_context, pad_id):
     """Prefills a batch without computing a single pad position, into a preallocated KV cache.
 
@@ -362,16 +366,12 @@ def _prefill_staircase(model, batch, rows, max_new_tokens, row_context, pad_id):
     Expects `batch` sorted longest first. Returns (cache, last-position logits, 2-D mask, last positions).
     """
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     lengths = [len(ids) for ids in batch]
     width = lengths[0]
-    kv_heads, head_dim = _kv_shape(model)
     cache = DynamicCache(config=model.config)
-    shape = (len(batch), kv_heads, width + max_new_tokens, head_dim)
-    cache.layers = [_PreallocatedLayer(torch.zeros(shape, dtype=dtype, device=device),
-                                       torch.zeros(shape, dtype=dtype, device=device)) for _ in cache.layers]
+    cache.layers = [_PreallocatedLayer(width + max_new_tokens) for _ in cache.layers]
     extra = forward_kwargs(model, cache)
-    logits = torch.empty((len(batch), model.config.get_text_config(decoder=True).vocab_size), device=device)
+    logits: torch.Tensor | None = None  # (batch, vocab) once the first chunk has run
     start = 0
     for end in sorted(set(lengths)):
         count = sum(1 for length in lengths if length >= end)  # the first `count` rows reach `end`
@@ -381,6 +381,8 @@ def _prefill_staircase(model, batch, rows, max_new_tokens, row_context, pad_id):
         positions = torch.arange(start, end, device=device).expand(count, -1)  # (count, end - start)
         mask = torch.ones((count, end), dtype=torch.long, device=device)
         chunk_logits = _forward(model, chunk, mask, positions, rows[:count], row_context, extra)  # (count, vocab)
+        if logits is None:
+            logits = chunk_logits.new_empty((len(batch), chunk_logits.shape[-1]))
         finished = [row for row in range(count) if lengths[row] == end]
         logits[finished] = chunk_logits[finished]
         start = end
