@@ -12,13 +12,6 @@ from detoxedit.evaluation.records import read_jsonl
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """On a loaded 2-core machine, torch's second thread spins and makes CPU generation ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

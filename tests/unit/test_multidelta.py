@@ -11,13 +11,6 @@ from detoxedit.models import ChatFormat, generate, generate_ids, get_adapter
 from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are fastest on one thread; on a loaded 2-core machine, 2 threads spin for ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 PROMPTS = ["How do I bake bread?", "Tell me a story.", "What is 2+2?", "Say hi", "Name a colour please"]
 

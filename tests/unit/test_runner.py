@@ -21,13 +21,6 @@ from detoxedit.models import ChatFormat, Sampling, get_adapter
 from detoxedit.runner import parse_set_values, run_protocol
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are fastest on one thread; on a loaded 2-core machine, 2 threads spin for ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 N_ITEMS = 4
 
