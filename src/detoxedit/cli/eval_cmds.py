@@ -50,6 +50,22 @@ def _eval_values(**kwargs: Any) -> dict[str, Any]:
     return values
 
 
+def _resolve_and_execute(
+    method: str, model: str, preset: str | None, set_values: list[str], easyedit_compat: bool,
+    out: Path, overwrite: bool, no_report: bool, extra: dict[str, Any], **options: Any,
+) -> None:
+    """Merges the preset (generation settings, method hyperparameters) with the flags, then runs."""
+    from detoxedit.runner import resolve_method_settings
+
+    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values, easyedit_compat)
+    for key in ("max_new_tokens", "max_input_tokens"):
+        if options[key] is None:
+            options[key] = generation.get(key)
+    values = _eval_values(model=model, **options) | extra
+    values |= {"method": method, "method_config": method_config, "preset": preset_name}
+    _execute(values, out, overwrite, not no_report)
+
+
 def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -> None:
     from detoxedit.evaluation.config import RunConfig
     from detoxedit.config import config_from_dict
@@ -97,18 +113,13 @@ def evaluate(
     no_report: bool = NO_REPORT,
 ) -> None:
     """Evaluate the unedited model on SafeEdit (DS, DG, Fluency; KQA/Csum with --general)."""
-    from detoxedit.runner import resolve_method_settings
-
-    _, preset_name, generation = resolve_method_settings("none", model, preset, [])
-    values = _eval_values(
-        data=data, model=model, judge=judge, threshold=threshold,
-        max_new_tokens=max_new_tokens if max_new_tokens is not None else generation.get("max_new_tokens"),
-        max_input_tokens=max_input_tokens if max_input_tokens is not None else generation.get("max_input_tokens"),
+    _resolve_and_execute(
+        "none", model, preset, [], False, out, overwrite, no_report, {},
+        data=data, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
     )
-    _execute(values | {"method": "none", "preset": preset_name}, out, overwrite, not no_report)
 
 
 @app.command("run")
@@ -145,20 +156,14 @@ def run_method(
     no_report: bool = NO_REPORT,
 ) -> None:
     """Edit the model once per item (model restored after each) and evaluate every edit."""
-    from detoxedit.runner import resolve_method_settings
-
-    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values or [], easyedit_compat)
-    values = _eval_values(
-        data=data, model=model, judge=judge, threshold=threshold,
-        max_new_tokens=max_new_tokens if max_new_tokens is not None else generation.get("max_new_tokens"),
-        max_input_tokens=max_input_tokens if max_input_tokens is not None else generation.get("max_input_tokens"),
+    extra = {"items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat}
+    _resolve_and_execute(
+        method, model, preset, set_values or [], easyedit_compat, out, overwrite, no_report, extra,
+        data=data, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
     )
-    values |= {"method": method, "method_config": method_config, "preset": preset_name,
-               "items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat}
-    _execute(values, out, overwrite, not no_report)
 
 
 @app.command()
