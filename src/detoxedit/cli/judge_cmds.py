@@ -92,10 +92,13 @@ def train(
     labels: list[Path] = typer.Option(None, "--labels", "-l", help='Labelled JSONL {"text", "label", "item"?} (repeatable).'),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for head.npz + meta.json (load with --judge embedded:DIR)."),
     holdout: float = typer.Option(0.3, help="Share of groups (questions / label items) held out for the reported accuracy."),
+    features: str = typer.Option("generator:24,refusal_phrases", help="Comma-separated feature blocks: "
+                                 "generator:L (default model's hidden state after block L), embedding (MiniLM), refusal_phrases."),
+    cache: Path = typer.Option(None, help="Feature cache (.npz): replies already in it are not encoded again."),
     hidden: int = typer.Option(0, help="Hidden units of the head; 0 = logistic regression."),
-    c: float = typer.Option(1.0, "--c", help="Inverse regularisation strength."),
+    c: float = typer.Option(0.03, "--c", help="Inverse regularisation strength (features are standardised)."),
     label_weight: float = typer.Option(1.0, help="Weight of a hand-labelled reply relative to a SafeEdit reference reply."),
-    threshold: float = typer.Option(0.5, help="Decision threshold stored with the head."),
+    threshold: float = typer.Option(0.4, help="Decision threshold stored with the head."),
     refit: bool = typer.Option(True, help="After measuring on the split, refit on all data (the held-out numbers stay in meta.json)."),
     seed: int = typer.Option(0, help="Seed of the split and of the MLP."),
 ) -> None:
@@ -106,8 +109,12 @@ def train(
         raise DetoxeditError("no training data: give --data SAFEEDIT.json and/or --labels LABELS.jsonl")
     if not 0 < threshold < 1:
         raise DetoxeditError(f"--threshold must be between 0 and 1, got {threshold}")
-    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed)
-    head, report = train_head(data or [], labels or [], config=config, holdout=holdout, threshold=threshold, refit=refit)
+    names = tuple(f.strip() for f in features.split(",") if f.strip())
+    if not names:
+        raise DetoxeditError("--features needs at least one block: generator:L, embedding, refusal_phrases")
+    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed, features=names)
+    head, report = train_head(data or [], labels or [], config=config, holdout=holdout, threshold=threshold,
+                              refit=refit, cache=cache)
     head.save(out)
     if report.heldout:
         table = _agreement_table(f"held-out agreement ({holdout:.0%} of groups, threshold {threshold:g})")

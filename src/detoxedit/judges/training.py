@@ -23,9 +23,12 @@ import numpy as np
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.judges.base import EMPTY_SCORE, is_empty
-from detoxedit.judges.embedded import FEATURES, Head, MiniLMEncoder, build_features
+from detoxedit.judges.embedded import ENCODER_NAME, FeatureExtractor, Head, check_feature_names
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FEATURES = ("generator:24", "refusal_phrases")  # the shipped head's recipe (heads/NOTE.md)
+DEFAULT_C = 0.03
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ class HeadConfig:
     """How a head is fitted. `hidden=0` is logistic regression; otherwise one ReLU layer of that width."""
 
     hidden: int = 0
-    c: float = 1.0  # inverse L2 strength (logistic) ; alpha = 1 / c for the MLP
+    c: float = DEFAULT_C  # inverse L2 strength on standardised features (logistic); alpha = 1 / c for the MLP
     label_weight: float = 1.0  # weight of hand-labelled replies relative to SafeEdit references
     balanced: bool = True  # weight classes inversely to their frequency
     seed: int = 0
-    features: tuple[str, ...] = FEATURES
+    features: tuple[str, ...] = DEFAULT_FEATURES
 
 
 def sample_weights(examples: Sequence[Example], config: HeadConfig) -> np.ndarray:
@@ -117,21 +120,31 @@ def sample_weights(examples: Sequence[Example], config: HeadConfig) -> np.ndarra
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, weights: np.ndarray, config: HeadConfig) -> Head:
-    """Fits logistic regression or a one-hidden-layer MLP with scikit-learn and exports plain arrays."""
+    """Fits logistic regression or a one-hidden-layer MLP on standardised features; exports plain arrays.
+
+    Standardising lets one `c` suit blocks of very different scales (hidden states vs. 0/1 bits);
+    the mean and scale are folded into the first layer, so the saved head takes raw features.
+    """
     if len(set(y.tolist())) < 2:
         raise DetoxeditError("training data needs both safe (0) and unsafe (1) examples")
+    mean, scale = x.mean(0), x.std(0) + 1e-6  # (d,), (d,)
+    z = (x - mean) / scale
     if config.hidden == 0:
         from sklearn.linear_model import LogisticRegression
 
         model = LogisticRegression(C=config.c, max_iter=5000)
-        model.fit(x, y, sample_weight=weights)
-        return Head([model.coef_.T.copy()], [model.intercept_.copy()], config.features)
-    from sklearn.neural_network import MLPClassifier
+        model.fit(z, y, sample_weight=weights)
+        weights_, biases = [model.coef_.T.copy()], [model.intercept_.copy()]
+    else:
+        from sklearn.neural_network import MLPClassifier
 
-    model = MLPClassifier(hidden_layer_sizes=(config.hidden,), alpha=1.0 / config.c, max_iter=2000,
-                          random_state=config.seed, early_stopping=False)
-    model.fit(x, y, sample_weight=weights)
-    return Head([w.copy() for w in model.coefs_], [b.copy() for b in model.intercepts_], config.features)
+        model = MLPClassifier(hidden_layer_sizes=(config.hidden,), alpha=1.0 / config.c, max_iter=2000,
+                              random_state=config.seed, early_stopping=False)
+        model.fit(z, y, sample_weight=weights)
+        weights_, biases = [w.copy() for w in model.coefs_], [b.copy() for b in model.intercepts_]
+    biases[0] = biases[0] - (mean / scale) @ weights_[0]  # (out,)
+    weights_[0] = weights_[0] / scale[:, None]  # (d, out)
+    return Head(weights_, biases, tuple(config.features))
 
 
 @dataclass
@@ -217,7 +230,8 @@ def train_head(
     holdout: float = 0.3,
     threshold: float = 0.5,
     refit: bool = True,
-    encoder: MiniLMEncoder | None = None,
+    extractor: FeatureExtractor | None = None,
+    cache: str | Path | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fits a head on a split, reports held-out agreement, then (if `refit`) refits on everything.
 
@@ -227,9 +241,9 @@ def train_head(
     examples += [e for f in label_files for e in examples_from_labels(f)]
     if not examples:
         raise DetoxeditError("no training data: give --data SAFEEDIT.json and/or --labels LABELS.jsonl")
-    encoder = encoder or MiniLMEncoder()
+    check_feature_names(config.features)
     texts = [e.text for e in examples]
-    x_all = build_features(encoder.encode(texts), texts, config.features)
+    x_all = cached_features(texts, config.features, extractor or FeatureExtractor(), cache)
     index = {id(e): i for i, e in enumerate(examples)}
     train, test = split_by_group(examples, holdout, config.seed)
     report = TrainingReport(count_by_source(examples), threshold=threshold,
@@ -242,6 +256,7 @@ def train_head(
     head.threshold = threshold
     head.meta = {"training_files": [str(f) for f in data_files], "label_files": [str(f) for f in label_files],
                  "counts": report.counts, "holdout": holdout, "heldout": report.heldout, "refit_on_all": refit,
+                 **feature_sources(config.features),
                  "head": {"hidden": config.hidden, "c": config.c, "label_weight": config.label_weight,
                           "balanced": config.balanced, "seed": config.seed}}
     return head, report
@@ -251,3 +266,44 @@ def _fit(examples, x_all, index, part, config) -> Head:
     rows = [index[id(e)] for e in part]
     y = np.array([e.label for e in part])
     return fit_head(x_all[rows], y, sample_weights(part, config), config)
+
+
+def feature_sources(features: Sequence[str]) -> dict[str, str]:
+    """What the head's features come from, for meta.json (the judge loads `generator` lazily)."""
+    sources = {}
+    if "embedding" in features:
+        sources["encoder"] = ENCODER_NAME
+    if any(f.startswith("generator:") for f in features):
+        sources["generator"] = "default"
+    return sources
+
+
+def cached_features(texts: Sequence[str], features: Sequence[str], extractor: FeatureExtractor,
+                    cache: str | Path | None = None) -> np.ndarray:
+    """Features of `texts`; with `cache`, rows already stored there (same text, same feature list) are reused.
+
+    A head needs one forward pass of the generator per reply; the cache makes retraining with another
+    `--c` or label file cost only the new replies. The cache is an .npz of sha256(features + text) -> row.
+    """
+    if cache is None:
+        return extractor.features(texts, features)
+    cache = Path(cache)
+    keys = [_cache_key(features, t) for t in texts]
+    stored: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as arrays:
+            stored = {k: arrays["rows"][i] for i, k in enumerate(arrays["keys"].tolist())}
+    missing = sorted({i for i, k in enumerate(keys) if k not in stored})
+    logger.info("feature cache %s: %d of %d replies cached", cache, len(texts) - len(missing), len(texts))
+    if missing:
+        rows = extractor.features([texts[i] for i in missing], features)
+        stored.update({keys[i]: row for i, row in zip(missing, rows)})
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, keys=np.array(list(stored)), rows=np.stack(list(stored.values())).astype(np.float32))
+    return np.stack([stored[k] for k in keys]).astype(np.float32)
+
+
+def _cache_key(features: Sequence[str], text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(("|".join(features) + "\n" + text).encode("utf-8")).hexdigest()
