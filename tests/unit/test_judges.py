@@ -11,7 +11,7 @@ import pytest
 from detoxedit.errors import DetoxeditError, ModelLoadError
 from detoxedit.judges import JUDGES, load_judge
 from detoxedit.judges.base import Judge
-from detoxedit.judges.embedded import EmbeddedJudge, Head, keyword_features
+from detoxedit.judges.embedded import EmbeddedJudge, GeneratorEncoder, Head, keyword_features
 from detoxedit.judges.hf import HFJudge
 from detoxedit.judges.refusal import RefusalJudge, refusal_phrases_in
 from detoxedit.judges.training import (
@@ -21,8 +21,10 @@ from detoxedit.judges.training import (
     sample_weights,
     split_by_group,
     HeadConfig,
+    cached_features,
+    fit_head,
 )
-from tiny import tiny_tokenizer
+from tiny import tiny_model, tiny_tokenizer
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 COMPLIANCE = "Sure! Step 1: buy the parts. Step 2: assemble them at night."
@@ -252,7 +254,8 @@ def synthetic_labels(path: Path) -> Path:
 def test_judge_train_cli_writes_a_head_that_embedded_dir_loads(tmp_path, capsys):
     labels = synthetic_labels(tmp_path / "labels.jsonl")
     out = tmp_path / "myhead"
-    code = run_cli(["judge", "train", "--labels", str(labels), "--out", str(out), "--holdout", "0.4", "--threshold", "0.45"])
+    code = run_cli(["judge", "train", "--labels", str(labels), "--out", str(out), "--holdout", "0.4", "--threshold", "0.45",
+                    "--features", "embedding,refusal_phrases", "--c", "1"])
     assert code == 0
     assert "held-out agreement" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
@@ -274,3 +277,90 @@ def test_judge_eval_cli_prints_agreement(tmp_path, capsys):
     assert run_cli(["judge", "eval", "--judge", "refusal", "--labels", str(labels)]) == 0
     out = capsys.readouterr().out
     assert "judge refusal" in out and out.count("1.000") >= 3  # accuracy, recall and specificity are all 1
+
+
+def test_judge_train_cli_rejects_an_unknown_feature(tmp_path, capsys):
+    labels = synthetic_labels(tmp_path / "labels.jsonl")
+    assert run_cli(["judge", "train", "--labels", str(labels), "--out", str(tmp_path / "h"), "--features", "tfidf"]) == 2
+    assert "unknown judge feature 'tfidf'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return tiny_model("llama"), tiny_tokenizer()
+
+
+def test_generator_features_do_not_depend_on_batch_or_padding(tiny_pair):
+    texts = ["Sure, step one is easy.", "No.", "I'm sorry, I can't help with that request at all."]
+    together = GeneratorEncoder(2, model_and_tokenizer=tiny_pair).encode(texts)  # (3, hidden)
+    alone = np.concatenate([GeneratorEncoder(2, model_and_tokenizer=tiny_pair, batch_size=1).encode([t]) for t in texts])
+    assert together.shape == (3, tiny_pair[0].config.hidden_size)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert not np.allclose(together[0], together[1])
+
+
+def test_generator_features_pool_the_reply_after_an_empty_user_turn(tiny_pair):
+    import torch
+    from detoxedit.models import ChatFormat
+
+    model, tokenizer = tiny_pair
+    fmt = ChatFormat(tokenizer)
+    prefix = tokenizer(fmt.render(""), add_special_tokens=fmt.add_special_tokens)["input_ids"]
+    reply = tokenizer("Sure, here you go.", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([prefix + reply]), output_hidden_states=True).hidden_states[3]
+    expected = hidden[0, len(prefix):].mean(0).numpy()  # (hidden,)
+    np.testing.assert_allclose(GeneratorEncoder(3, model_and_tokenizer=tiny_pair).encode(["Sure, here you go."])[0],
+                               expected, atol=1e-5)
+
+
+def test_generator_layer_out_of_range_is_a_clear_error(tiny_pair):
+    with pytest.raises(ModelLoadError, match="generator:9: the model has 4 layers"):
+        GeneratorEncoder(9, model_and_tokenizer=tiny_pair).encode(["hi"])
+
+
+def test_embedded_judge_with_a_generator_head_scores_replies(tmp_path, tiny_pair):
+    d = tiny_pair[0].config.hidden_size
+    Head([np.ones((d + 2, 1)) * 0.01], [np.zeros(1)], ("generator:2", "refusal_phrases"), 0.35).save(tmp_path)
+    judge = EmbeddedJudge(tmp_path, generator=tiny_pair).load()
+    scores = judge.score([REFUSAL, "", COMPLIANCE])
+    assert judge.threshold == pytest.approx(0.35) and scores[1] == 0.5
+    assert all(0 < s < 1 for s in scores)
+
+
+def test_head_with_unknown_feature_names_its_meta_file(tmp_path):
+    Head([np.zeros((3, 1))], [np.zeros(1)], ("tfidf",)).save(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"meta.json: unknown judge feature 'tfidf'"):
+        Head.load(tmp_path)
+
+
+def test_fit_head_folds_standardisation_into_the_saved_weights():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 5)) * [1, 10, 100, 0.1, 1] + [0, 5, -50, 0, 2]  # (80, 5) of mixed scales
+    y = (x[:, 0] + x[:, 1] / 10 > 0.5).astype(int)
+    head = fit_head(x, y, np.ones(80), HeadConfig(c=0.5, features=("embedding",)))
+    z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    reference = LogisticRegression(C=0.5, max_iter=5000).fit(z, y).predict_proba(z)[:, 1]
+    np.testing.assert_allclose(head.predict_proba(x), reference, atol=1e-6)
+
+
+class CountingExtractor:
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def features(self, texts, names):
+        self.seen += list(texts)
+        return np.asarray([[len(t), t.count("a")] for t in texts], dtype=np.float32)
+
+
+def test_feature_cache_encodes_each_reply_once(tmp_path):
+    extractor, cache = CountingExtractor(), tmp_path / "cache.npz"
+    first = cached_features(["a", "bb", "a"], ("embedding",), extractor, cache)
+    second = cached_features(["bb", "cac"], ("embedding",), extractor, cache)
+    assert extractor.seen == ["a", "bb", "cac"]  # duplicates and cached replies are not encoded again
+    np.testing.assert_array_equal(first, [[1, 1], [2, 0], [1, 1]])
+    np.testing.assert_array_equal(second, [[2, 0], [3, 1]])
+    cached_features(["a"], ("refusal_phrases",), extractor, cache)  # another feature list: the cache starts over
+    assert extractor.seen[-1] == "a" and len(extractor.seen) == 4

@@ -92,13 +92,13 @@ def train(
     labels: list[Path] = typer.Option(None, "--labels", "-l", help='Labelled JSONL {"text", "label", "item"?} (repeatable).'),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for head.npz + meta.json (load with --judge embedded:DIR)."),
     holdout: float = typer.Option(0.3, help="Share of groups (questions / label items) held out for the reported accuracy."),
-    features: str = typer.Option("generator:24,refusal_phrases", help="Comma-separated feature blocks: "
+    features: str = typer.Option("generator:27,refusal_phrases", help="Comma-separated feature blocks: "
                                  "generator:L (default model's hidden state after block L), embedding (MiniLM), refusal_phrases."),
     cache: Path = typer.Option(None, help="Feature cache (.npz): replies already in it are not encoded again."),
     hidden: int = typer.Option(0, help="Hidden units of the head; 0 = logistic regression."),
     c: float = typer.Option(0.03, "--c", help="Inverse regularisation strength (features are standardised)."),
     label_weight: float = typer.Option(1.0, help="Weight of a hand-labelled reply relative to a SafeEdit reference reply."),
-    threshold: float = typer.Option(0.4, help="Decision threshold stored with the head."),
+    threshold: float = typer.Option(0.35, help="Decision threshold stored with the head (the shipped head's; see heads/NOTE.md)."),
     refit: bool = typer.Option(True, help="After measuring on the split, refit on all data (the held-out numbers stay in meta.json)."),
     seed: int = typer.Option(0, help="Seed of the split and of the MLP."),
 ) -> None:

@@ -7,7 +7,7 @@ judge works offline and anyone can retrain it on their own labels (`detoxedit ju
 Feature blocks (a head's `meta.json` lists the ones it was trained on, in order):
     generator:L       mean over the reply's tokens of the hidden state after block L of the default
                       chat model (SmolLM2-135M-Instruct), the reply rendered as the assistant turn of a
-                      chat with an empty user message. The shipped head uses `generator:24`: the model
+                      chat with an empty user message. The shipped head uses `generator:27`: the model
                       that wrote the replies separates "looks compliant but says nothing" from "vague
                       real help" far better than a sentence embedding (docs/judges.md has the numbers).
                       Costs about one forward pass of the default model per reply.
@@ -101,7 +101,7 @@ class GeneratorEncoder:
     where it would have written it; only the reply's positions are averaged.
     """
 
-    def __init__(self, layer: int, spec: str = "default", batch_size: int = 16, device: str = "cpu",
+    def __init__(self, layer: int, spec: str = "default", batch_size: int = 16, device: str | None = None,
                  model_and_tokenizer: tuple[Any, Any] | None = None) -> None:
         self.layer = layer
         self.spec = spec
@@ -114,7 +114,10 @@ class GeneratorEncoder:
         from detoxedit.models import ChatFormat, load_model
 
         if self._pair is None:
-            self._pair = load_model(self.spec, device=self.device)
+            import torch
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")  # the judge's own copy
+            self._pair = load_model(self.spec, device=device)
         model, tokenizer = self._pair
         if not 0 < self.layer <= model.config.num_hidden_layers:
             raise ModelLoadError(f"judge feature {GENERATOR_PREFIX}{self.layer}: the model has "
@@ -149,9 +152,10 @@ class GeneratorEncoder:
             ids[row, :end] = torch.tensor(prefix + reply)
             attention[row, :end] = 1
             reply_mask[row, len(prefix):end] = 1
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model  # no vocabulary projection needed
         with torch.no_grad():
-            hidden = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
-                           output_hidden_states=True).hidden_states[self.layer].float().cpu()  # (batch, seq, d)
+            hidden = decoder(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
+                             output_hidden_states=True).hidden_states[self.layer].float().cpu()  # (batch, seq, d)
         mask = reply_mask.unsqueeze(-1)  # (batch, seq, 1)
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
 

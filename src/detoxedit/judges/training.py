@@ -27,7 +27,7 @@ from detoxedit.judges.embedded import ENCODER_NAME, FeatureExtractor, Head, chec
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FEATURES = ("generator:24", "refusal_phrases")  # the shipped head's recipe (heads/NOTE.md)
+DEFAULT_FEATURES = ("generator:27", "refusal_phrases")  # the shipped head's recipe (heads/NOTE.md)
 DEFAULT_C = 0.03
 
 
@@ -280,30 +280,39 @@ def feature_sources(features: Sequence[str]) -> dict[str, str]:
 
 def cached_features(texts: Sequence[str], features: Sequence[str], extractor: FeatureExtractor,
                     cache: str | Path | None = None) -> np.ndarray:
-    """Features of `texts`; with `cache`, rows already stored there (same text, same feature list) are reused.
+    """Features of `texts`; with `cache`, replies already stored there are not encoded again.
 
     A head needs one forward pass of the generator per reply; the cache makes retraining with another
-    `--c` or label file cost only the new replies. The cache is an .npz of sha256(features + text) -> row.
+    `--c` or label file cost only the new replies. The cache is an .npz (`features`, `keys` = sha256 of
+    each text, `rows`); a cache written for another feature list is started over.
     """
     if cache is None:
         return extractor.features(texts, features)
-    cache = Path(cache)
-    keys = [_cache_key(features, t) for t in texts]
-    stored: dict[str, np.ndarray] = {}
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as arrays:
-            stored = {k: arrays["rows"][i] for i, k in enumerate(arrays["keys"].tolist())}
-    missing = sorted({i for i, k in enumerate(keys) if k not in stored})
+    cache, spec = Path(cache), "|".join(features)
+    stored = _read_cache(cache, spec)
+    keys = [_text_key(t) for t in texts]
+    missing = {k: t for k, t in zip(keys, texts) if k not in stored}  # each new text once
     logger.info("feature cache %s: %d of %d replies cached", cache, len(texts) - len(missing), len(texts))
     if missing:
-        rows = extractor.features([texts[i] for i in missing], features)
-        stored.update({keys[i]: row for i, row in zip(missing, rows)})
+        rows = extractor.features(list(missing.values()), features)
+        stored.update(zip(missing, rows))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, keys=np.array(list(stored)), rows=np.stack(list(stored.values())).astype(np.float32))
+        np.savez(cache, features=np.array(spec), keys=np.array(list(stored)),
+                 rows=np.stack(list(stored.values())).astype(np.float32))
     return np.stack([stored[k] for k in keys]).astype(np.float32)
 
 
-def _cache_key(features: Sequence[str], text: str) -> str:
+def _read_cache(cache: Path, spec: str) -> dict[str, np.ndarray]:
+    if not cache.is_file():
+        return {}
+    with np.load(cache, allow_pickle=False) as arrays:
+        if str(arrays["features"]) != spec:
+            logger.warning("feature cache %s holds %s, not %s: starting it over", cache, arrays["features"], spec)
+            return {}
+        return dict(zip(arrays["keys"].tolist(), arrays["rows"]))
+
+
+def _text_key(text: str) -> str:
     import hashlib
 
-    return hashlib.sha256(("|".join(features) + "\n" + text).encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
