@@ -19,7 +19,6 @@ to back in one process); `--memory-items 20` reports the peak RSS of a 20-item d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import resource
 import statistics
