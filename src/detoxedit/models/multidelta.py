@@ -7,7 +7,7 @@ rows whose item edited it:
     y_row = x_row @ W + b + x_row @ Δ_row      (Δ in (in, out) layout, see `LinearView.to_in_out`)
 
 All other layers are shared, so one batched `generate` evaluates `k` edited models for the price of one
-forward pass plus `k` small matmuls. Rows may have deltas on different layers (grouped per module);
+forward pass plus one small matmul per edit (rows grouped by owner; deltas never copied per row). Rows may have deltas on different layers (grouped per module);
 rows without a delta add nothing. The model's weights are never touched.
 
 Numerics: in float32 the replies equal those of applying each edit in turn (`applied`), token for
@@ -54,34 +54,32 @@ def supports_row_deltas(model: nn.Module, deltas: Mapping[str, torch.Tensor]) ->
 
 
 class _ModuleDeltas:
-    """The stacked (in, out) deltas of one projection, with the owner -> slot map."""
+    """The (in, out) deltas of one projection, one per owner, and the rows each applies to."""
 
     def __init__(self, view: LinearView, deltas: dict[int, torch.Tensor]) -> None:
         weight = view.weight
-        self.owners = sorted(deltas)
-        self.slot = {owner: index for index, owner in enumerate(self.owners)}
-        stacked = [view.to_in_out(deltas[o].to(weight.device, weight.dtype)) for o in self.owners]
-        self.stack = torch.stack(stacked)  # (n_owners, in, out)
-        self._last: tuple[tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
+        self.deltas = {o: view.to_in_out(d.to(weight.device, weight.dtype)).contiguous() for o, d in deltas.items()}
+        self._last: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
-    def gathered(self, owners: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(batch positions with a delta here, their deltas (k, in, out)), or None when no row has one.
+    def groups(self, owners: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(batch positions of one owner's rows, that owner's delta (in, out))] for owners with a delta here.
 
-        The rows stay the same for many decoding steps, so the last gather is kept (one entry only,
-        since each gather copies k weight matrices).
+        Rows are grouped by owner so each delta is used in place (one matmul per owner), never
+        copied per row. The rows stay the same for many decoding steps, so the last grouping is kept.
         """
         key = tuple(owners)
         if self._last is not None and self._last[0] == key:
-            return self._last[1], self._last[2]
-        positions = [p for p, owner in enumerate(owners) if owner in self.slot]
-        if not positions:
-            return None
-        device = self.stack.device
-        index = torch.tensor(positions, dtype=torch.long, device=device)  # (k,)
-        slots = torch.tensor([self.slot[owners[p]] for p in positions], dtype=torch.long, device=device)
-        deltas = self.stack if slots.tolist() == list(range(len(self.owners))) else self.stack.index_select(0, slots)
-        self._last = (key, index, deltas)
-        return index, deltas
+            return self._last[1]
+        by_owner: dict[int, list[int]] = {}
+        for position, owner in enumerate(owners):
+            if owner in self.deltas:
+                by_owner.setdefault(owner, []).append(position)
+        groups = []
+        for owner, positions in by_owner.items():
+            delta = self.deltas[owner]
+            groups.append((torch.tensor(positions, dtype=torch.long, device=delta.device), delta))
+        self._last = (key, groups)
+        return groups
 
 
 class RowDeltas:
@@ -134,15 +132,16 @@ class RowDeltas:
 
 
 def _row_hook(owners: torch.Tensor, stacked: _ModuleDeltas):
-    """A forward hook adding x[r] @ Δ[owner(r)] for the rows whose owner edited this module."""
-    gathered = stacked.gathered(owners.tolist())
-    if gathered is None:
+    """A forward hook adding x[rows] @ Δ[owner] for each owner that edited this module."""
+    groups = stacked.groups(owners.tolist())
+    if not groups:
         return None
-    index, deltas = gathered  # (k,), (k, in, out)
 
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0].index_select(0, index)  # (k, seq, in)
-        extra = torch.bmm(x, deltas)  # (k, seq, out)
-        return output.index_add(0, index, extra.to(output.dtype))
+        x = args[0]  # (batch, seq, in)
+        for index, delta in groups:
+            extra = x.index_select(0, index) @ delta  # (rows of this owner, seq, out)
+            output = output.index_add(0, index, extra.to(output.dtype))
+        return output
 
     return hook
