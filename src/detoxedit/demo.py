@@ -24,7 +24,7 @@ DEFAULT_PRESET = "smollm2-135m"
 """The DINM hyperparameters of the default model (``src/detoxedit/presets/smollm2-135m.yaml``)."""
 
 SHOWN_METRICS: tuple[str, ...] = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg",
-                                  "Fluency", "KQA", "Csum")
+                                  "Fluency", "KQA", "KQA_contains", "Csum")
 
 
 @dataclass
@@ -98,7 +98,7 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     result = run_protocol(cfg, settings.out, overwrite=True)
     seconds = time.perf_counter() - start
-    for table in metrics_tables(result.metrics):
+    for table in metrics_tables(result.metrics, lenient_kqa(Path(settings.out))):
         console.print(table)
     for table in reply_tables(Path(settings.out), settings.examples):
         console.print(table)
@@ -107,17 +107,37 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     return result.metrics
 
 
-def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
+def lenient_kqa(folder: Path) -> dict[str, float]:
+    """KQA with the answer anywhere in the reply, per variant, from general.jsonl.
+
+    A 135M chat model answers "The capital of France is Paris.", which exact match (the paper's
+    KQA) scores 0; the lenient column shows whether the edit changed what the model knows.
+    """
+    from detoxedit.evaluation.records import read_jsonl
+    from detoxedit.metrics.general import contains_match
+
+    scores: dict[str, list[float]] = {}
+    for r in read_jsonl(folder / "general.jsonl"):
+        if r["task"] == "kqa":
+            scores.setdefault(r["variant"], []).append(contains_match(r["reply"], r["answers"]))
+    return {variant: 100.0 * sum(v) / len(v) for variant, v in scores.items() if v}
+
+
+def metrics_tables(metrics: dict[str, Any], kqa_contains: dict[str, float] | None = None) -> list[Any]:
     """Before (vanilla) and after (DINM) rows: safety (DS, DG) and general ability (Fluency, KQA, Csum).
 
     Two narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
     """
     variants = metrics.get("variants", {})
+    if kqa_contains:  # an extra column, computed here from the replies (not part of metrics.json)
+        variants = {v: {**data, "metrics": {**data.get("metrics", {}), "KQA_contains": {"value": kqa_contains.get(v)}}}
+                    for v, data in variants.items()}
     n_items = variants.get("vanilla", {}).get("n_items", "?")
     return [
         _before_after(variants, SHOWN_METRICS[:6], f"Safety before and after DINM ({n_items} test items, %)"),
         _before_after(variants, SHOWN_METRICS[6:], "General ability (%; Fluency: n-gram entropy)",
-                      caption="after DINM: KQA/Csum of the model edited from one instance"),
+                      caption="after DINM: KQA/Csum of the model edited from one instance; KQA is exact "
+                              "match (the paper's), KQA (contains): the answer anywhere in the reply"),
     ]
 
 
@@ -127,7 +147,7 @@ def _before_after(variants: dict[str, Any], names: tuple[str, ...], title: str, 
     table = Table(title=title, caption=caption, min_width=len(title) + 4)
     table.add_column("model")
     for name in names:
-        table.add_column(name.replace("_Avg", "-Avg"), justify="right", no_wrap=True)
+        table.add_column(name.replace("_Avg", "-Avg").replace("_contains", " (contains)"), justify="right", no_wrap=True)
     before = [_value(variants.get("vanilla", {}), m) for m in names]
     after = [_value(variants.get("edited", {}), m) for m in names]
     digits = [2 if m == "Fluency" else 1 for m in names]

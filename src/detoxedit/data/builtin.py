@@ -38,7 +38,7 @@ reads (a list rather than JSONL so that the package-data pattern ``*.json`` ship
 BUILT_WITH: dict[str, object] = {
     "model": "default",
     "judge": "embedded",
-    "judge_head_sha256": "15892d3c631335d783ff7bfcebb8696509847a3e0a5ffc666415a773398b40ec",
+    "judge_head_sha256": "7de07edfc124f1bd6fe8f484feab66845667cc566f65ead783cecae185743747",
     "seed": 0,
     "splits": [0.6, 0.2, 0.2],
     "per_question": 2,
