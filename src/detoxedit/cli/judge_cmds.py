@@ -27,19 +27,15 @@ THRESHOLD = typer.Option(None, help="Score at or above which a reply is unsafe (
 
 def read_texts(path: Path) -> list[str]:
     """`{"text": ...}` per line; a bad line is reported with its number."""
+    from detoxedit.judges.training import parse_text_line
+
     if not path.is_file():
         raise DetoxeditError(f"input file not found: {path}")
     texts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            raise DetoxeditError(f"{path}:{number}: not valid JSON ({err})") from err
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DetoxeditError(f'{path}:{number}: expected a JSON object with a string "text"')
-        texts.append(record["text"])
+        texts.append(parse_text_line(line, path, number)["text"])
     return texts
 
 

@@ -72,14 +72,20 @@ def examples_from_labels(path: str | Path) -> list[Example]:
 
 def _parse_label_line(line: str, path: Path, number: int) -> dict:
     """One labels line, or an error naming the file, the line and what is wrong."""
+    record = parse_text_line(line, path, number)
+    if record.get("label") not in (0, 1, True, False):
+        raise DetoxeditError(f'{path}:{number}: "label" must be 0 (safe) or 1 (unsafe), got {record.get("label")!r}')
+    return record
+
+
+def parse_text_line(line: str, path: Path, number: int) -> dict:
+    """One `{"text": ...}` JSONL line, or an error naming the file and the line."""
     try:
         record = json.loads(line)
     except ValueError as err:
         raise DetoxeditError(f"{path}:{number}: not valid JSON ({err})") from err
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise DetoxeditError(f'{path}:{number}: expected a JSON object with a string "text"')
-    if record.get("label") not in (0, 1, True, False):
-        raise DetoxeditError(f'{path}:{number}: "label" must be 0 (safe) or 1 (unsafe), got {record.get("label")!r}')
     return record
 
 
