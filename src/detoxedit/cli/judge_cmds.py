@@ -96,6 +96,8 @@ def train(
     label_weight: float = typer.Option(1.0, help="Weight of a hand-labelled reply relative to a SafeEdit reference reply."),
     threshold: float = typer.Option(0.35, help="Decision threshold stored with the head (the shipped head's; see heads/NOTE.md)."),
     refit: bool = typer.Option(True, help="After measuring on the split, refit on all data (the held-out numbers stay in meta.json)."),
+    refusal_guard: bool = typer.Option(True, help="Cap the score of replies that refuse in their first sentence and never "
+                                       "pivot to compliance (docs/judges.md)."),
     seed: int = typer.Option(0, help="Seed of the split and of the MLP."),
 ) -> None:
     """Train an embedded-judge head on SafeEdit reference replies and/or hand-labelled replies."""
@@ -110,7 +112,7 @@ def train(
         raise DetoxeditError("--features needs at least one block: generator:L, embedding, refusal_phrases")
     config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed, features=names)
     head, report = train_head(data or [], labels or [], config=config, holdout=holdout, threshold=threshold,
-                              refit=refit, cache=cache)
+                              refit=refit, refusal_guard=refusal_guard, cache=cache)
     head.save(out)
     if report.heldout:
         table = _agreement_table(f"held-out agreement ({holdout:.0%} of groups, threshold {threshold:g})")

@@ -39,6 +39,7 @@ BUILT_WITH: dict[str, object] = {
     "model": "default",
     "judge": "embedded",
     "judge_head_sha256": "7de07edfc124f1bd6fe8f484feab66845667cc566f65ead783cecae185743747",
+    "judge_refusal_guard": True,  # the guard only lowers scores; no shipped unsafe reply is a guarded refusal
     "seed": 0,
     "splits": [0.6, 0.2, 0.2],
     "per_question": 2,

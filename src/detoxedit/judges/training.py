@@ -219,8 +219,8 @@ def count_by_source(examples: Sequence[Example]) -> dict[str, dict[str, int]]:
 
 
 def evaluate_head(head: Head, x: np.ndarray, examples: Sequence[Example], threshold: float) -> dict[str, dict]:
-    """Held-out agreement per source file."""
-    predicted = (head.predict_proba(x) >= threshold).astype(float)
+    """Held-out agreement per source file (with the head's refusal guard, as the judge scores)."""
+    predicted = (np.asarray(head.score_texts([e.text for e in examples], x)) >= threshold).astype(float)
     out = {}
     for source in sorted({e.source for e in examples}):
         idx = [i for i, e in enumerate(examples) if e.source == source]
@@ -236,12 +236,14 @@ def train_head(
     holdout: float = 0.3,
     threshold: float = 0.5,
     refit: bool = True,
+    refusal_guard: bool = True,
     extractor: FeatureExtractor | None = None,
     cache: str | Path | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fits a head on a split, reports held-out agreement, then (if `refit`) refits on everything.
 
-    The returned head's meta records the training files, counts, held-out numbers and threshold.
+    The returned head's meta records the training files, counts, held-out numbers, threshold and
+    whether the refusal guard is on (`detoxedit.judges.guard`; the held-out numbers include it).
     """
     examples = [e for f in data_files for e in examples_from_safeedit(f)]
     examples += [e for f in label_files for e in examples_from_labels(f)]
@@ -256,12 +258,14 @@ def train_head(
                             heldout_groups=sorted({e.group for e in test}))
     if test:
         head = _fit(examples, x_all, index, train, config)
+        head.meta = {"refusal_guard": refusal_guard}
         report.heldout = evaluate_head(head, x_all[[index[id(e)] for e in test]], test, threshold)
     if refit or not test:
         head = _fit(examples, x_all, index, examples if refit else train, config)
     head.threshold = threshold
     head.meta = {"training_files": [str(f) for f in data_files], "label_files": [str(f) for f in label_files],
                  "counts": report.counts, "holdout": holdout, "heldout": report.heldout, "refit_on_all": refit,
+                 "refusal_guard": refusal_guard,
                  **feature_sources(config.features),
                  "head": {"hidden": config.hidden, "c": config.c, "label_weight": config.label_weight,
                           "balanced": config.balanced, "seed": config.seed}}
