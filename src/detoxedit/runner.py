@@ -274,11 +274,12 @@ class Runner:
 
     def edits(self, items: list[SafeEditItem]) -> None:
         """Per item: execute -> generate with the deltas -> judge -> verify the model is unchanged."""
-        finished = {str(r["item_id"]) for r in self.items_log.read()}
+        records = self.items_log.read()
+        finished = {str(r["item_id"]) for r in records}
         todo = [item for item in items if str(item.id) not in finished]
         if not todo:
             return
-        self.method.start_run()
+        self.method.start_run(records)
         self._take_checksums()
         first_id = str(items[0].id)
         with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"edit ({self.cfg.method})",

@@ -145,6 +145,18 @@ def test_compat_mode_reuses_the_first_items_layer_until_start_run(tiny_llama, fa
     assert method.execute(model, tok, make_item(2)).layer == 2
 
 
+def test_compat_mode_resumed_run_keeps_its_first_items_layer(tiny_llama, fake_locate):
+    """A killed and resumed compat run must not re-locate on the first item it has left."""
+    model, tok = tiny_llama
+    method = quick("dinm", easyedit_compat=True)
+    method.start_run([{"item_id": 1, "layer": 1}, {"item_id": 2, "layer": 1}])
+    assert method.execute(model, tok, make_item(3)).layer == 1
+    assert fake_locate == []
+    faithful = quick("dinm")
+    faithful.start_run([{"item_id": 1, "layer": 1}])
+    assert faithful.execute(model, tok, make_item(3)).layer == 3
+
+
 def test_compat_mode_uses_raw_prompts_and_the_reference_suffix(tiny_llama):
     model, tok = tiny_llama
     edit = quick("dinm", easyedit_compat=True).execute(model, tok, make_item())

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -68,8 +68,12 @@ class EditMethod(ABC):
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
         """Computes the edit for one SafeEdit item; must leave `model` bit-identical."""
 
-    def start_run(self) -> None:
-        """Called once before a run's first item (methods with per-run state reset it here)."""
+    def start_run(self, finished: Sequence[dict[str, Any]] = ()) -> None:
+        """Called once before a run edits its first item (methods with per-run state reset it here).
+
+        `finished` holds the items.jsonl records of items a resumed run already did, in run order, so
+        that per-run state (the compat mode's first-item layer) survives a kill and resume.
+        """
 
 
 METHODS: Registry[type[EditMethod]] = Registry("method")

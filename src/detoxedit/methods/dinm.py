@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -69,8 +69,9 @@ class DINM(EditMethod):
         super().__init__(config)
         self._run_layer: int | None = None  # compat mode only: the first item's layer
 
-    def start_run(self) -> None:
-        self._run_layer = None
+    def start_run(self, finished: Sequence[dict[str, Any]] = ()) -> None:
+        """Compat mode: a resumed run keeps the layer its first item used, as one uninterrupted run would."""
+        self._run_layer = int(finished[0]["layer"]) if finished and self.config.easyedit_compat else None
 
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
         start = time.perf_counter()
