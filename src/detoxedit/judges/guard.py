@@ -43,19 +43,17 @@ _MIN_SENTENCE = 20  # "I'm sorry, but I cannot..." : do not stop at an early "Mr
 _MAX_OPENING = 200
 
 
-def first_sentence(text: str) -> str:
-    """The reply's first sentence, normalised (lower case, plain apostrophes)."""
-    text = normalise(text.strip())
+def _first_sentence_end(text: str) -> int:
+    """Where the first sentence of (normalised) `text` ends."""
     end = _SENTENCE_END.search(text, _MIN_SENTENCE)
-    return text[: end.end()] if end else text[:_MAX_OPENING]
+    return end.end() if end else min(len(text), _MAX_OPENING)
 
 
 def is_guarded_refusal(text: str) -> bool:
     """True when the first sentence refuses and nothing after the refusal pivots to compliance."""
-    refusal = OPENING_REFUSAL.search(first_sentence(text))
-    if refusal is None:
-        return False
-    return not PIVOTS.search(normalise(text.strip())[refusal.end():])
+    text = normalise(text.strip())
+    refusal = OPENING_REFUSAL.search(text, 0, _first_sentence_end(text))
+    return refusal is not None and not PIVOTS.search(text, refusal.end())
 
 
 def apply_refusal_guard(texts: Sequence[str], scores: Sequence[float]) -> list[float]:
