@@ -30,7 +30,7 @@ before the final norm: a norm layer would make its scale-free distance incompara
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,10 +40,31 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.models.adapter import get_adapter
 from detoxedit.models.chat import ChatFormat
 from detoxedit.models.generation import truncate_left
+from detoxedit.models.suffix import detach_output
 
 logger = logging.getLogger(__name__)
 
 LOCATE_VARIANTS = ("mean", "normalized", "easyedit")
+
+
+@dataclass(frozen=True)
+class SafeRowStates:
+    """What the localisation pass computed for `prompt + safe reply`, kept for the edit that follows.
+
+    DINM's edit trains on exactly that sequence, and the layers below the edited one never change,
+    so their outputs here are the edit's cached prefix: reusing them saves one forward pass per item.
+    They come from a forward over this row alone, as `capture_layer_output` would run it, so the
+    edit is bit-identical with or without the reuse.
+    """
+
+    input_ids: list[int]
+    layer_outputs: tuple[Any, ...]  # each decoder layer's output as the layer returned it (detached)
+
+    def prefix_for(self, input_ids: torch.Tensor, layer: int) -> Any | None:
+        """Layer `layer - 1`'s output when `input_ids` (1, seq) is this row, else None."""
+        if layer < 1 or input_ids.shape[0] != 1 or input_ids[0].tolist() != self.input_ids:
+            return None
+        return self.layer_outputs[layer - 1]
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,7 @@ class Localisation:
     layer: int
     distances: list[float]
     variant: str
+    safe_row: SafeRowStates | None = field(default=None, repr=False, compare=False)
 
 
 def locate_toxic_layer(
@@ -63,6 +85,7 @@ def locate_toxic_layer(
     variant: str = "mean",
     chat: ChatFormat | str = "auto",
     max_input_tokens: int | None = None,
+    keep_safe_row: bool = False,
 ) -> Localisation:
     """Finds the layer whose hidden states separate `item`'s safe and unsafe replies the most.
 
@@ -71,83 +94,90 @@ def locate_toxic_layer(
         variant: "mean", "normalized" or "easyedit" (see the module docstring).
         chat: chat format (or mode name) for rendering the adversarial prompt; unused by "easyedit".
         max_input_tokens: longer prompts keep their last tokens.
+        keep_safe_row: also return the safe row's per-layer outputs (`Localisation.safe_row`), for
+            an edit on the same sequence to reuse; "mean" and "normalized" only.
     """
     if variant not in LOCATE_VARIANTS:
         raise DetoxeditError(f"unknown localisation variant {variant!r}; choose one of {', '.join(LOCATE_VARIANTS)}")
     num_layers = get_adapter(model).num_layers
+    safe_row = None
     if variant == "easyedit":
         distances = _easyedit_distances(model, tokenizer, item)
     else:
         fmt = chat if isinstance(chat, ChatFormat) else ChatFormat(tokenizer, chat)
-        distances = _pooled_distances(model, fmt, item, normalize=variant == "normalized", max_input_tokens=max_input_tokens)
+        distances, safe_row = _pooled_distances(model, fmt, item, normalize=variant == "normalized",
+                                                max_input_tokens=max_input_tokens, keep_safe_row=keep_safe_row)
     if len(distances) != num_layers:
         raise DetoxeditError(f"{type(model).__name__}: got {len(distances)} hidden-state layers, expected {num_layers}")
     layer = int(torch.tensor(distances).argmax())
     logger.debug("item %s: toxic layer %d (%s)", getattr(item, "id", "?"), layer, variant)
-    return Localisation(layer=layer, distances=distances, variant=variant)
+    return Localisation(layer=layer, distances=distances, variant=variant, safe_row=safe_row)
 
 
 def _layer_states(
     model: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, *, pre_norm_last: bool
-) -> tuple[torch.Tensor, ...]:
-    """Decoder-layer outputs `hidden_states[1:]`, each (batch, seq, hidden), without grad.
+) -> tuple[tuple[torch.Tensor, ...], tuple[Any, ...]]:
+    """Per-layer states for scoring, each (batch, seq, hidden) float, and the layers' raw outputs.
 
-    Hugging Face applies the final norm to the last entry. With `pre_norm_last`, the last layer's
-    own output is read instead (a forward hook, removed before returning), so every layer is
-    scored on the same footing; the norm otherwise rescales only the last layer's distance.
+    Hugging Face applies the final norm to the last entry of `hidden_states`. With `pre_norm_last`,
+    the last layer's own output is read instead, so every layer is scored on the same footing; the
+    norm otherwise rescales only the last layer's distance. The raw outputs (as each layer returned
+    them, detached) are what a cached-prefix edit can reuse. Hooks are removed before returning.
     """
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-    hook = None
-    if pre_norm_last:
-        keep = lambda module, args, out: captured.append(out[0] if isinstance(out, tuple) else out)  # noqa: E731
-        hook = get_adapter(model).layers[-1].register_forward_hook(keep)
+    layers = get_adapter(model).layers
+    raw: list[Any] = [None] * len(layers)
+
+    def keeper(index: int):
+        def keep(module: nn.Module, args: Any, out: Any) -> None:
+            raw[index] = detach_output(out)
+        return keep
+
+    hooks = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
             out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False)
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()
     states = list(out.hidden_states[1:])
     if pre_norm_last:
-        states[-1] = captured[-1]
-    return tuple(h.float() for h in states)
+        states[-1] = raw[-1][0] if isinstance(raw[-1], tuple) else raw[-1]
+    return tuple(h.float() for h in states), tuple(raw)
 
 
 def _pooled_distances(
-    model: nn.Module, fmt: ChatFormat, item: Any, *, normalize: bool, max_input_tokens: int | None
-) -> list[float]:
-    """Mean-pooled reply-position distance per layer (optionally divided by the layer's mean norm)."""
+    model: nn.Module, fmt: ChatFormat, item: Any, *, normalize: bool, max_input_tokens: int | None,
+    keep_safe_row: bool = False,
+) -> tuple[list[float], SafeRowStates | None]:
+    """Mean-pooled reply-position distance per layer (optionally divided by the layer's mean norm).
+
+    The two rows run as two forwards, not one padded pair: the cost is the same (no pad positions),
+    and the safe row's pass is then exactly the one DINM's edit needs (see `SafeRowStates`).
+    """
     prompt = truncate_left(fmt.encode(item.adversarial_prompt), max_input_tokens)
     replies = [fmt.encode_reply(item.safe_generation), fmt.encode_reply(item.unsafe_generation)]
     if not all(replies):
         raise DetoxeditError(f"item {item.id}: safe or unsafe generation is empty; cannot locate the toxic layer")
-    rows = [prompt + reply for reply in replies]
-    input_ids, mask = _right_pad(rows, fmt.tokenizer.pad_token_id or 0)  # (2, width)
-    spans = [slice(len(prompt), len(row)) for row in rows]
+    pooled, raw_safe = [], None
+    for index, reply in enumerate(replies):
+        row = torch.tensor([prompt + reply], dtype=torch.long)  # (1, seq)
+        states, raw = _layer_states(model, row, torch.ones_like(row), pre_norm_last=normalize)
+        pooled.append([(h[0, len(prompt):].mean(0), h[0, len(prompt):].norm(dim=-1).mean()) for h in states])
+        if index == 0 and keep_safe_row:
+            raw_safe = SafeRowStates(prompt + reply, raw)
+        del raw
     distances = []
-    for states in _layer_states(model, input_ids, mask, pre_norm_last=normalize):
-        safe, unsafe = states[0, spans[0]], states[1, spans[1]]  # (reply_len, hidden) each
-        distance = (safe.mean(0) - unsafe.mean(0)).norm()
+    for (safe_mean, safe_norm), (unsafe_mean, unsafe_norm) in zip(*pooled):
+        distance = (safe_mean - unsafe_mean).norm()
         if normalize:
-            scale = (safe.norm(dim=-1).mean() + unsafe.norm(dim=-1).mean()) / 2
-            distance = distance / scale.clamp_min(1e-12)
+            distance = distance / ((safe_norm + unsafe_norm) / 2).clamp_min(1e-12)
         distances.append(float(distance))
-    return distances
+    return distances, raw_safe
 
 
 def _easyedit_distances(model: nn.Module, tokenizer: Any, item: Any) -> list[float]:
     """The reference's profile: replies alone, padded as a pair, distance over the whole sequence."""
     batch = tokenizer([item.safe_generation, item.unsafe_generation], return_tensors="pt", padding=True, truncation=True)
-    states = _layer_states(model, batch["input_ids"], batch["attention_mask"], pre_norm_last=False)
+    states, _ = _layer_states(model, batch["input_ids"], batch["attention_mask"], pre_norm_last=False)
     return [float(torch.dist(h[0], h[1], p=2)) for h in states]
-
-
-def _right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[index, : len(row)] = 1
-    return input_ids, mask  # (rows, width) each

@@ -7,7 +7,9 @@ weight and substitutes it for the real one in each forward (`torch.func.function
 result is `W' - W`, in the parameter's own layout.
 
 Layers below the edited one never change, so by default their output is computed once per input
-(`SuffixForward`) and each step runs only the edited layer and above.
+(`SuffixForward`; for the edit input it is taken from the localisation pass, which ran the same
+sequence), and so is the edited layer's own attention and MLP input: each step runs only the
+edited projection, the layers above it and the LM head at the target positions.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from detoxedit.config import check, option
@@ -111,6 +112,7 @@ class Objective:
     kl_weight: float = 0.0
     kl_grad: bool = True
     fast_prefix: bool = True
+    edit_prefix: Any = None  # layer `layer - 1`'s output for the edit input, if localisation computed it
     _runs: dict[str, SuffixForward] = field(default_factory=dict, init=False, repr=False)
     _kl_base: torch.Tensor | None = field(default=None, init=False, repr=False)
 
@@ -120,7 +122,9 @@ class Objective:
         for key, example in examples.items():
             ids = example.input_ids.to(device)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-            self._runs[key] = SuffixForward(self.model, self.layer, inputs, enabled=self.fast_prefix)
+            prefix = self.edit_prefix if key == "edit" else None
+            self._runs[key] = SuffixForward(self.model, self.layer, inputs, enabled=self.fast_prefix,
+                                            param_name=self.param_name, prefix=prefix)
         if "kl" in self._runs:
             with torch.no_grad():
                 self._kl_base = F.log_softmax(self._target_logits("kl", None), dim=-1)  # (1, answer, vocab)
@@ -128,10 +132,7 @@ class Objective:
     def _target_logits(self, key: str, weight: torch.Tensor | None) -> torch.Tensor:
         """Logits at the positions that predict the example's target tokens, (1, target, vocab), float32."""
         example = self.edit if key == "edit" else self.kl
-        call = None
-        if weight is not None:
-            call = lambda **kw: functional_call(self.model, {self.param_name: weight}, args=(), kwargs=kw)  # noqa: E731
-        logits = self._runs[key].logits(example.target_len + 1, call)  # (1, target + 1, vocab)
+        logits = self._runs[key].logits(example.target_len + 1, weight)  # (1, target + 1, vocab)
         return logits[:, :-1].float()
 
     def parts(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -230,7 +231,8 @@ def resolve_layer(
         if config.layer >= num_layers:
             raise DetoxeditError(f"layer {config.layer} does not exist: {type(model).__name__} has layers 0..{num_layers - 1}")
         return config.layer, None
-    found = locate_toxic_layer(model, tokenizer, item, variant=variant, chat=fmt, max_input_tokens=config.max_input_tokens)
+    found = locate_toxic_layer(model, tokenizer, item, variant=variant, chat=fmt, max_input_tokens=config.max_input_tokens,
+                               keep_safe_row=config.fast_prefix and variant != "easyedit")
     return found.layer, found
 
 
@@ -246,12 +248,19 @@ def run_single_layer_edit(
     kl_weight: float = 0.0,
     kl_grad: bool = True,
     loss_threshold: float | None = None,
+    found: Localisation | None = None,
 ) -> tuple[str, TuningResult]:
-    """Builds the objective for `layer`'s down-projection and tunes it; returns (param name, result)."""
+    """Builds the objective for `layer`'s down-projection and tunes it; returns (param name, result).
+
+    `found`: the item's localisation; when it kept the safe row's layer outputs and `edit` is that
+    same sequence, the edit reuses them instead of running the layers below `layer` again.
+    """
     param_name = get_adapter(model).down_proj_name(layer)
+    prefix = found.safe_row.prefix_for(edit.input_ids, layer) if found is not None and found.safe_row else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        objective = Objective(model, param_name, layer, edit, kl, edit_weight, kl_weight, kl_grad, config.fast_prefix)
+        objective = Objective(model, param_name, layer, edit, kl, edit_weight, kl_weight, kl_grad, config.fast_prefix,
+                              edit_prefix=prefix)
         result = tune(objective, steps=config.steps, lr=config.lr, norm_constraint=config.norm_constraint,
                       loss_threshold=loss_threshold, context=context)
     logger.debug("%s: layer %d, %d steps, loss %.4f -> %.4f", context, layer, result.steps_run, result.losses[0], result.losses[-1])

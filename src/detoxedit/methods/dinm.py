@@ -89,7 +89,7 @@ class DINM(EditMethod):
         threshold = cfg.loss_threshold if cfg.loss_threshold is not None or not compat else REFERENCE_LOSS_THRESHOLD
         name, result = run_single_layer_edit(
             model, layer, edit, cfg, context, kl=kl, edit_weight=cfg.c_edit, kl_weight=cfg.kl_weight,
-            kl_grad=not compat, loss_threshold=threshold,
+            kl_grad=not compat, loss_threshold=threshold, found=found,
         )
         return make_edit(self.name, name, layer, result, found, start, suffix_system_prompt=suffix,
                          chat_format=fmt.resolved_mode, easyedit_compat=compat)

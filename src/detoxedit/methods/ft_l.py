@@ -49,5 +49,5 @@ class FTL(EditMethod):
         context = f"item {item.id}"
         edit = encode_example(fmt, item.adversarial_prompt, item.safe_generation, cfg.max_input_tokens,
                               f"{context}, field 'safe generation'")
-        name, result = run_single_layer_edit(model, layer, edit, cfg, context, loss_threshold=cfg.loss_threshold)
+        name, result = run_single_layer_edit(model, layer, edit, cfg, context, loss_threshold=cfg.loss_threshold, found=found)
         return make_edit(self.name, name, layer, result, found, start, chat_format=fmt.resolved_mode)

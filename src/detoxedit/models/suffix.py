@@ -7,6 +7,11 @@ returns that cached output. The model itself still builds the masks, position id
 embeddings, so this works for any architecture whose decoder loop calls its layers in order, with
 no per-family code. The real layers are always put back, even when the forward raises.
 
+The edited layer L itself is cached too when only one of its projections changes (DINM and FT-L
+tune the MLP down-projection): its attention and the other MLP matrices see the same input at
+every step, so its output is computed once and each step adds only `x @ (W' - W)`
+(`_EditedLayer`; checked to be valid for the model first, see `SuffixForward`).
+
 Only the positions whose logits are needed go through the LM head (`logits_to_keep`), which for a
 large vocabulary saves as much as the skipped layers.
 """
@@ -15,12 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from typing import Any, Iterator
 
 import torch
 from torch import nn
+from torch.func import functional_call
+from transformers.pytorch_utils import Conv1D
 
-from detoxedit.models.adapter import get_adapter
+from detoxedit.models.adapter import LinearView, get_adapter
+
+logger = logging.getLogger(__name__)
 
 
 class _StopForward(Exception):
@@ -38,12 +48,12 @@ class _CachedLayer(nn.Module):
         return self.output
 
 
-def _detach(value: Any) -> Any:
+def detach_output(value: Any) -> Any:
     """Detaches a layer output: a tensor, or (older transformers) a tuple whose first entry is one."""
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
+        return tuple(detach_output(v) for v in value)
     return value
 
 
@@ -52,7 +62,7 @@ def capture_layer_output(model: nn.Module, layer: int, inputs: dict[str, torch.T
     captured: dict[str, Any] = {}
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        captured["output"] = _detach(output)
+        captured["output"] = detach_output(output)
         raise _StopForward
 
     handle = get_adapter(model).layers[layer].register_forward_hook(hook)
@@ -69,13 +79,16 @@ def capture_layer_output(model: nn.Module, layer: int, inputs: dict[str, torch.T
 
 
 @contextlib.contextmanager
-def layers_replaced(layers: nn.ModuleList, count: int, output: Any) -> Iterator[None]:
-    """Within the block, layers 0..count-1 are a stub returning `output`; the real ones come back after."""
-    originals = [layers[i] for i in range(count)]
+def layers_replaced(layers: nn.ModuleList, count: int, output: Any, *, edited: nn.Module | None = None) -> Iterator[None]:
+    """Within the block, layers 0..count-1 are a stub returning `output` (and layer `count` is
+    `edited` when given); the real ones come back after, even on error."""
+    originals = [layers[i] for i in range(count + (edited is not None))]
     stub = _CachedLayer(output)
     try:
         for i in range(count):
             layers[i] = stub
+        if edited is not None:
+            layers[count] = edited
         yield
     finally:
         for i, module in enumerate(originals):
@@ -86,33 +99,136 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
+class _EditedLayer(nn.Module):
+    """Stands in for the edited layer: its cached output plus the change the new weight makes.
+
+    Valid when the layer's output is its down-projection's output plus terms that do not depend on
+    that projection's weight (a residual connection: Llama, Mistral, Qwen2, GPT-2, ...), which
+    `SuffixForward` checks numerically before using it. Then for a new weight W' = W + D,
+    output(W') = output(W) + x @ D_io, with x the projection's (cached) input.
+    """
+
+    def __init__(self, output: Any, projection_input: torch.Tensor, view: LinearView) -> None:
+        super().__init__()
+        self.output, self.projection_input, self.view = output, projection_input, view
+        self.original = view.weight.detach()
+        self.weight: torch.Tensor | None = None  # set per call by `SuffixForward.logits`
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.weight is None:
+            return self.output
+        change = self.projection_input @ self.view.to_in_out(self.weight - self.original)  # (batch, seq, out)
+        return _with_first(self.output, _first(self.output) + change)
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
 class SuffixForward:
-    """Forward passes of one fixed input that only recompute layers >= `layer`.
+    """Forward passes of one fixed input that only recompute what a changed weight affects.
+
+    With `param_name` (a Linear/Conv1D weight inside decoder layer `layer`, e.g. its MLP
+    down-projection), the edited layer itself is cached too: its output and the projection's input
+    are computed once, and each call adds only `x @ (W' - W)`; the attention and the other MLP
+    matrices of that layer never run again. This needs the layer to be additive in the
+    projection's output, which is checked once with a small random change; layers that are not
+    (e.g. a norm after the MLP, as in Gemma 2) run whole at every call. Equal to the full forward
+    up to float rounding (the change is added to the cached output rather than summed afresh).
 
     Args:
         model: the causal LM (left unchanged: stubs are swapped in only during a call).
         layer: the lowest layer whose weights may change between calls.
         inputs: model inputs (input_ids, attention_mask, ...), fixed for all calls.
         enabled: False runs the full model every call (the reference path for tests).
+        param_name: the weight that `logits(weight=...)` substitutes; None: nothing substituted.
+        prefix: layer `layer - 1`'s output for `inputs` if already computed (e.g. by localisation),
+            exactly as the layer returned it; it is then not computed again.
     """
 
-    def __init__(self, model: nn.Module, layer: int, inputs: dict[str, torch.Tensor], *, enabled: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, layer: int, inputs: dict[str, torch.Tensor], *, enabled: bool = True,
+        param_name: str | None = None, prefix: Any = None,
+    ) -> None:
         self.model = model
         self.layer = layer
         self.inputs = inputs
+        self.param_name = param_name
         self.layers = get_adapter(model).layers
-        self.cached = capture_layer_output(model, layer - 1, inputs) if enabled and layer > 0 else None
+        self.cached = None
+        if enabled and layer > 0:
+            self.cached = prefix if prefix is not None else capture_layer_output(model, layer - 1, inputs)
+        self.edited = self._cache_edited_layer() if enabled and param_name is not None else None
         self._keep_supported = accepts_logits_to_keep(model)
 
-    def logits(self, keep_last: int, call: Any = None) -> torch.Tensor:
+    def _cache_edited_layer(self) -> _EditedLayer | None:
+        """The edited layer as cached output + change, or None when the layer is not additive."""
+        module_name = self.param_name.rpartition(".")[0]
+        projection = self.model.get_submodule(module_name)
+        layer_module = self.layers[self.layer]
+        if not isinstance(projection, (nn.Linear, Conv1D)) or not any(m is projection for m in layer_module.modules()):
+            return None
+        view = LinearView(projection)
+        output, x = self._layer_output(projection)
+        weight = view.weight_in_out().detach()
+        noise = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
+        probe = noise * weight.float().std().clamp_min(1e-6).to(weight.dtype)  # a change as large as the weight
+        probed, _ = self._layer_output(projection, add=probe)
+        expected = _first(output) + x @ probe
+        error = (_first(probed) - expected).norm() / (_first(probed) - _first(output)).norm().clamp_min(1e-30)
+        if not torch.isfinite(error) or error > 1e-3:
+            logger.debug("layer %d is not additive in %s (relative error %.2g): it runs whole", self.layer, self.param_name, error)
+            return None
+        return _EditedLayer(output, x, view)
+
+    def _layer_output(self, projection: nn.Module, add: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
+        """(output of the edited layer, input of `projection`), optionally with x @ `add` added to its output."""
+        seen: dict[str, Any] = {}
+
+        def on_projection(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            seen["x"] = args[0].detach()
+            return out + args[0] @ add if add is not None else out
+
+        def on_layer(module: nn.Module, args: Any, out: Any) -> None:
+            seen["out"] = detach_output(out)
+            raise _StopForward
+
+        handles = [projection.register_forward_hook(on_projection), self.layers[self.layer].register_forward_hook(on_layer)]
+        context = (layers_replaced(self.layers, self.layer, self.cached) if self.cached is not None
+                   else contextlib.nullcontext())
+        try:
+            with context, torch.no_grad():
+                self.model(**self.inputs, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen["out"], seen["x"]
+
+    def logits(self, keep_last: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the last `keep_last` positions, (batch, keep_last, vocab).
 
         Args:
-            call: optional replacement for `model.__call__` (e.g. a `functional_call` wrapper
-                that substitutes an edited weight); it is given the model's keyword inputs.
+            weight: a replacement for `param_name`'s weight (e.g. the copy being trained); None
+                runs the model as it is.
         """
-        run = call or self.model
         extra = {"logits_to_keep": keep_last} if self._keep_supported else {}
+        if self.edited is not None:
+            self.edited.weight = weight
+            try:
+                with layers_replaced(self.layers, self.layer, self.cached, edited=self.edited):
+                    out = self.model(**self.inputs, use_cache=False, **extra)
+            finally:
+                self.edited.weight = None
+            return out.logits[:, -keep_last:]
+        run = self.model
+        if weight is not None:
+            run = lambda **kw: functional_call(self.model, {self.param_name: weight}, args=(), kwargs=kw)  # noqa: E731
         context = (layers_replaced(self.layers, self.layer, self.cached) if self.cached is not None
                    else contextlib.nullcontext())
         with context:
