@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -238,7 +239,7 @@ def generation_only(args: argparse.Namespace, max_new_tokens: int) -> list[dict[
     """HF batched `generate` vs detoxedit's simple and fast engines on the same dev prompts, same process."""
     from detoxedit.data import load_safeedit
     from detoxedit.models import ChatFormat, load_model
-    from detoxedit.models.generation import generate_ids, stop_token_ids, truncate_left
+    from detoxedit.models.generation import Batching, generate_ids, stop_token_ids, truncate_left
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("default")
@@ -257,6 +258,9 @@ def generation_only(args: argparse.Namespace, max_new_tokens: int) -> list[dict[
             start, cpu = time.perf_counter(), time.process_time()  # the copy is not generation time
             out = generate_ids(bf16, tok, encoded, max_new_tokens, progress=False, engine="fast")
             del bf16
+        elif variant == "fast-noshare":  # the fast engine with every prompt prefilled in full
+            out = generate_ids(model, tok, encoded, max_new_tokens, progress=False,
+                               batching=Batching(share_prefixes=False))
         else:
             out = generate_ids(model, tok, encoded, max_new_tokens, progress=False, engine=variant)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -325,11 +329,12 @@ def delta_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(rels) if rels else float("nan")
 
 
-def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], problems: list[str], threads: int):
+def summary_table(max_new_tokens: int, a: dict[str, Any], b: dict[str, Any], problems: list[str], threads: int,
+                  load: float):
     from rich.table import Table
 
     table = Table(title=f"per item, median s (max_new_tokens={max_new_tokens}, {a['n_items']} items, "
-                        f"{threads} threads, shared CPU)")
+                        f"{threads} threads, 1-min load average {load:.1f} before the run)")
     for column in ("phase", "(a) reference", "(b) detoxedit", "speed-up (a)/(b)"):
         table.add_column(column, justify="right")
     for phase in PHASES:
@@ -374,7 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generation", action="store_true", help="also time generation alone (HF vs engines)")
     parser.add_argument("--gen-rows", type=int, default=32)
     parser.add_argument("--gen-variants", nargs="+", default=["hf", "simple", "fast"],
-                        help="hf | simple | fast | fast-bf16 (an experiment: the fast engine on a bfloat16 copy)")
+                        help="hf | simple | fast | fast-noshare (no shared prompt prefixes) | "
+                             "fast-bf16 (an experiment: the fast engine on a bfloat16 copy)")
     parser.add_argument("--skip-protocol", action="store_true", help="only the generation and memory checks")
     parser.add_argument("--worker", choices=["a", "b", "gen"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-items", type=int, help=argparse.SUPPRESS)
@@ -402,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_protocol:
                 continue
             n = args.items if max_new_tokens <= 128 else args.items_long
+            load = os.getloadavg()[0]  # other work on the cores makes wall times longer; CPU s suffer less
             a, b = (run_child(args, way, n, max_new_tokens, folder) for way in ("a", "b"))
             problems = compare(a, b)
-            console.print(summary_table(max_new_tokens, a, b, problems, args.threads))
+            console.print(summary_table(max_new_tokens, a, b, problems, args.threads, load))
             for problem in problems:
                 console.print(f"[red]MISMATCH[/red] ({max_new_tokens} tokens) {problem}")
             failures += problems

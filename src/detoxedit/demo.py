@@ -98,7 +98,7 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     result = run_protocol(cfg, settings.out, overwrite=True)
     seconds = time.perf_counter() - start
-    for table in metrics_tables(result.metrics, lenient_kqa(Path(settings.out))):
+    for table in metrics_tables(result.metrics):
         console.print(table)
     for table in reply_tables(Path(settings.out), settings.examples):
         console.print(table)
@@ -107,31 +107,12 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     return result.metrics
 
 
-def lenient_kqa(folder: Path) -> dict[str, float]:
-    """KQA with the answer anywhere in the reply, per variant, from general.jsonl.
-
-    A 135M chat model answers "The capital of France is Paris.", which exact match (the paper's
-    KQA) scores 0; the lenient column shows whether the edit changed what the model knows.
-    """
-    from detoxedit.evaluation.records import read_jsonl
-    from detoxedit.metrics.general import contains_match
-
-    scores: dict[str, list[float]] = {}
-    for r in read_jsonl(folder / "general.jsonl"):
-        if r["task"] == "kqa":
-            scores.setdefault(r["variant"], []).append(contains_match(r["reply"], r["answers"]))
-    return {variant: 100.0 * sum(v) / len(v) for variant, v in scores.items() if v}
-
-
-def metrics_tables(metrics: dict[str, Any], kqa_contains: dict[str, float] | None = None) -> list[Any]:
+def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
     """Before (vanilla) and after (DINM) rows: safety (DS, DG) and general ability (Fluency, KQA, Csum).
 
     Two narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
     """
     variants = metrics.get("variants", {})
-    if kqa_contains:  # an extra column, computed here from the replies (not part of metrics.json)
-        variants = {v: {**data, "metrics": {**data.get("metrics", {}), "KQA_contains": {"value": kqa_contains.get(v)}}}
-                    for v, data in variants.items()}
     n_items = variants.get("vanilla", {}).get("n_items", "?")
     return [
         _before_after(variants, SHOWN_METRICS[:6], f"Safety before and after DINM ({n_items} test items, %)"),

@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 COLUMN_NAMES = {"DG_Avg": "DG-Avg"}
 DG_AVG_NOTE = ("DG-Avg averages the four DG values (DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ) only; "
                "DS is not included.")
-BASELINE_KEYS = ("model", "data", "limit", "seed", "categories", "attacks", "judge", "threshold",
-                 "max_new_tokens", "max_input_tokens", "chat_format", "system_prompt")
+BASELINE_KEYS = ("model", "dtype", "data", "limit", "seed", "categories", "attacks", "judge", "threshold",
+                 "max_new_tokens", "max_input_tokens", "chat_format", "system_prompt", "inherit_sampling", "char_slice")
 
 
 @dataclass
@@ -201,11 +201,26 @@ def _settings_line(config: dict[str, Any], n_items: Any) -> str:
             f"method `{config.get('method')}`")
 
 
+def lenient_kqa_note(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A line under Table 1 with KQA_contains (not in the paper), for rows that have it.
+
+    KQA is exact match; a small chat model answers in sentences and scores ~0, so the lenient
+    score is what shows whether an edit changed what the model knows.
+    """
+    values = [(label, metrics["KQA_contains"]) for label, metrics in rows if (metrics.get("KQA_contains") or {}).get("value") is not None]
+    if not values:
+        return []
+    listed = "; ".join(f"{label} {_cell(entry, with_ci=True)}" for label, entry in values)
+    return [f"KQA counting the answer anywhere in the reply (not in the paper; KQA above is exact match): {listed}.", ""]
+
+
 def run_report(run: RunData, figures: bool = True) -> str:
     """The Markdown report of one run (and its figures written beside it)."""
+    rows = _rows_of(run)
     parts = [f"# detoxedit run: {run.folder.name}", "", _settings_line(run.config, run.metrics.get("n_items")), "",
-             "## Results (Table 1 layout)", "", table1(_rows_of(run)), "",
-             "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, ""]
+             "## Results (Table 1 layout)", "", table1(rows), "",
+             "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
+             *lenient_kqa_note(rows)]
     for variant in ("vanilla", "edited"):
         data = run.variant(variant)
         if data:
@@ -248,19 +263,22 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
     if not folders:
         raise DetoxeditError("give at least one run folder")
     runs = [load_run(f) for f in folders]
-    rows, seen = [], set()
+    baselines: dict[str, RunData] = {}  # the first run of each distinct baseline
     for run in runs:
         baseline = json.dumps({k: run.config.get(k) for k in BASELINE_KEYS}, sort_keys=True, default=str)
-        vanilla = run.variant("vanilla")
-        if vanilla and baseline not in seen:
-            seen.add(baseline)
-            rows.append((f"Vanilla ({run.config.get('model')})", vanilla["metrics"]))
+        if run.variant("vanilla"):
+            baselines.setdefault(baseline, run)
+    seen = set(baselines)
+    rows = []
+    for run in baselines.values():  # with several baselines, each names the run it comes from
+        label = run.config.get("model") if len(baselines) == 1 else f"{run.config.get('model')}; {run.folder.name}"
+        rows.append((f"Vanilla ({label})", run.variant("vanilla")["metrics"]))
     for run in runs:
         if run.variant("edited"):
             rows.append((f"{run.method.upper()} ({run.folder.name})", run.variant("edited")["metrics"]))
     parts = ["# detoxedit comparison", "", table1(rows), "",
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
-             "## Runs", ""]
+             *lenient_kqa_note(rows), "## Runs", ""]
     parts += [f"- `{run.folder}`: {_settings_line(run.config, run.metrics.get('n_items'))}" for run in runs]
     if len(seen) > 1:
         parts += ["", "Note: the runs do not share one baseline (model, data or settings differ); compare with care."]

@@ -47,21 +47,16 @@ def test_pick_examples_prefers_flipped_items() -> None:
     assert pairs[0][0]["item_id"] == 1 and pairs[0][1]["label"] == 0.0
 
 
-def test_metrics_tables_show_before_after_and_lenient_kqa(tmp_path: Path) -> None:
+def test_metrics_tables_show_before_after_and_lenient_kqa() -> None:
     from rich.console import Console
 
-    from detoxedit.demo import lenient_kqa, metrics_tables
+    from detoxedit.demo import metrics_tables
 
-    (tmp_path / "general.jsonl").write_text("".join(json.dumps(
-        {"task": "kqa", "variant": v, "reply": reply, "answers": ["Paris"]}) + "\n"
-        for v, reply in [("vanilla", "The capital is Paris."), ("edited", "I can't help with that.")]),
-        encoding="utf-8")
-    kqa = lenient_kqa(tmp_path)
-    assert kqa == {"vanilla": 100.0, "edited": 0.0}
-    metrics = {"variants": {v: {"n_items": 2, "metrics": {"DS": {"value": ds}, "KQA": {"value": 0.0}}}
-                            for v, ds in [("vanilla", 0.0), ("edited", 100.0)]}}
+    metrics = {"variants": {v: {"n_items": 2, "metrics": {"DS": {"value": ds}, "KQA": {"value": 0.0},
+                                                          "KQA_contains": {"value": kqa}}}
+                            for v, ds, kqa in [("vanilla", 0.0, 100.0), ("edited", 100.0, 0.0)]}}
     console = Console(width=100, record=True)
-    for table in metrics_tables(metrics, kqa):
+    for table in metrics_tables(metrics):
         console.print(table)
     text = console.export_text()
     assert "+100.0" in text and "KQA (contains)" in text and "-100.0" in text

@@ -245,3 +245,15 @@ def test_register_rejects_conflicts() -> None:
     with pytest.raises(ValueError, match="aggregation"):
         register_metric("New", True, "median-ish", "x")
     assert set(list_metrics()) == set(ALL_METRICS)
+
+
+def test_general_metrics_report_exact_and_contained_kqa_and_csum() -> None:
+    from detoxedit.evaluation.scoring import general_metrics
+
+    records = [{"task": "kqa", "reply": reply, "answers": ["Paris"]}
+               for reply in ("Paris", "The capital is Paris.", "I can't help with that.", "Parisian food")]
+    records.append({"task": "csum", "reply": "the cat sat", "reference": "the cat sat"})
+    metrics = general_metrics(records, n_resamples=50)
+    assert metrics["KQA"]["value"] == pytest.approx(25.0) and metrics["KQA"]["n"] == 4
+    assert metrics["KQA_contains"]["value"] == pytest.approx(50.0)
+    assert metrics["Csum"]["value"] == pytest.approx(100.0)

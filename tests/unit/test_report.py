@@ -21,7 +21,7 @@ def variant_metrics(ds: float, general: bool = False) -> dict:
     metrics = {name: entry(ds) for name in ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg")}
     metrics["Fluency"] = entry(6.1)
     if general:
-        metrics |= {"KQA": entry(30.0), "Csum": entry(20.0)}
+        metrics |= {"KQA": entry(30.0), "KQA_contains": entry(45.0), "Csum": entry(20.0)}
     per_category = {c: {m: ds for m in ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg")} for c in CATEGORIES}
     return {"n_items": 2, "metrics": metrics, "per_category": per_category}
 
@@ -66,6 +66,7 @@ def test_run_report_has_tables_examples_figures_and_dg_note(tmp_path):
     text = path.read_text()
     assert HEADER in text and "| Vanilla (default) | 40.00" in text and "| DINM | 90.00" in text
     assert "DS is not included" in text
+    assert "not in the paper; KQA above is exact match): DINM 45.00 (40.0–50.0)." in text
     assert "## Per category (vanilla)" in text and "| offensiveness | 1 |" in text
     assert "vanilla reply 0" in text and "edited reply 0" in text
     assert (folder / "layer_histogram.png").stat().st_size > 1000
@@ -87,7 +88,18 @@ def test_compare_runs_shows_shared_vanilla_once_then_methods(tmp_path):
     assert [r.split(" | ")[0] for r in rows] == ["| Vanilla (default)", "| DINM (a)", "| FT-L (b)"]
     assert "do not share one baseline" not in text
     c = make_run(tmp_path / "c", "dinm", 20.0, 80.0, model="other")
-    assert "do not share one baseline" in compare_runs([a, c])
+    text = compare_runs([a, c])
+    assert "do not share one baseline" in text
+    assert "| Vanilla (default; a) | 40.00" in text and "| Vanilla (other; c) | 20.00" in text
+
+
+def test_compare_runs_keeps_the_vanilla_of_a_reference_code_reproduction_apart(tmp_path):
+    a = make_run(tmp_path / "a", "dinm", 40.0, 90.0)
+    compat = make_run(tmp_path / "compat", "dinm", 30.0, 60.0)
+    config = json.loads((compat / "config.json").read_text())
+    (compat / "config.json").write_text(json.dumps(config | {"char_slice": True, "inherit_sampling": True}))
+    text = compare_runs([a, compat])
+    assert "| Vanilla (default; a) | 40.00" in text and "| Vanilla (default; compat) | 30.00" in text
 
 
 def test_missing_run_folder_is_a_clear_error(tmp_path):

@@ -176,7 +176,7 @@ def report(
 
     text = run_report(load_run(runs[0]), figures=True) if len(runs) == 1 else compare_runs(runs)
     if out is None:
-        console.print(text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)  # never wrap Markdown table rows
         return
     if out.is_dir():
         raise DetoxeditError(f"--out {out} is a folder; give a file name such as {out / 'report.md'}")

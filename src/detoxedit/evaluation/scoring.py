@@ -15,7 +15,7 @@ import numpy as np
 from detoxedit.data.schema import METRIC_TO_KIND
 from detoxedit.metrics import DG_METRICS, SAFETY_METRICS, bootstrap_ci, get_metric, per_category
 from detoxedit.metrics.fluency import text_ngram_entropy
-from detoxedit.metrics.general import exact_match, rouge1_f
+from detoxedit.metrics.general import contains_match, exact_match, rouge1_f
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,19 @@ def _dg_avg_entry(records: Sequence[dict], n_resamples: int, seed: int) -> dict[
 
 
 def general_metrics(records: Sequence[dict], n_resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """KQA (exact match, %) and Csum (ROUGE-1 F1, %) from general.jsonl records of one variant."""
-    kqa = [exact_match(r["reply"], r["answers"]) for r in records if r["task"] == "kqa"]
+    """KQA (exact match, %), KQA_contains (the answer anywhere in the reply, %) and Csum (ROUGE-1 F1, %)
+    from general.jsonl records of one variant.
+
+    KQA_contains is not in the paper: a small chat model answers "The capital of France is Paris.",
+    which exact match scores 0, so only the lenient score shows whether an edit changed what it knows.
+    """
+    kqa_records = [r for r in records if r["task"] == "kqa"]
+    kqa = [exact_match(r["reply"], r["answers"]) for r in kqa_records]
+    contains = [contains_match(r["reply"], r["answers"]) for r in kqa_records]
     csum = [rouge1_f(r["reply"], r["reference"]) for r in records if r["task"] == "csum"]
     return {
-        "KQA": _entry(_percent(np.array(kqa)) if kqa else None, kqa, _percent, n_resamples, seed),
-        "Csum": _entry(_percent(np.array(csum)) if csum else None, csum, _percent, n_resamples, seed),
+        name: _entry(_percent(np.array(values)) if values else None, values, _percent, n_resamples, seed)
+        for name, values in (("KQA", kqa), ("KQA_contains", contains), ("Csum", csum))
     }
 
 

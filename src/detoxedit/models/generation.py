@@ -10,7 +10,8 @@ Replies are cut from the generated token ids, never by character counts, and com
 
 Two engines decode the same way and differ in the prefill and the KV cache (see `generate_ids`):
 "fast" (default) runs the prompts without a single pad position into a cache preallocated for the
-whole generation; "simple" runs one left-padded batch into a growing DynamicCache. Greedy outputs
+whole generation, and runs a prompt prefix that several rows with the same weights share (a
+jailbreak template) once; "simple" runs one left-padded batch into a growing DynamicCache. Greedy outputs
 of both equal one-at-a-time HF `generate` (tests/unit/test_generation_fast.py); timings and the
 profile behind the design are in benchmarks/README.md.
 """
@@ -36,8 +37,14 @@ logger = logging.getLogger(__name__)
 _CHAT_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 # A callable given the original indices of the rows still running (1-D LongTensor); it returns a
-# context manager inside which the model's forward pass is run for exactly those rows.
+# context manager inside which the model's forward pass is run for exactly those rows. It may also
+# have a method `row_keys(rows) -> list` saying which rows run under the same weights (equal keys):
+# only such rows share the computation of a common prompt prefix. Without it, no two rows share.
 RowContext = Callable[[torch.Tensor], ContextManager]
+
+# A shared prompt prefix is computed once only when at least this many tokens are shared: below it,
+# the extra forward passes cost more than the positions saved.
+MIN_SHARED_PREFIX = 16
 
 ENGINES = ("fast", "simple")
 
@@ -58,6 +65,7 @@ class Batching:
 
     token_budget: int = 24_576
     max_batch_size: int = 64
+    share_prefixes: bool = True  # fast engine: a prompt prefix shared by rows with the same weights runs once
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -173,7 +181,7 @@ def generate_ids(
             rows = torch.tensor(batch, dtype=torch.long)
             new_ids = _generate_batch(
                 model, [prompt_ids[i] for i in batch], rows, max_new_tokens, stops, pad_id,
-                sampling, generator, row_context, engine,
+                sampling, generator, row_context, engine, batching.share_prefixes,
             )
             for index, ids in zip(batch, new_ids):
                 results[index] = ids
@@ -212,21 +220,38 @@ def _generate_batch(
     generator: torch.Generator,
     row_context: RowContext | None,
     engine: str = "fast",
+    share_prefixes: bool = True,
 ) -> list[list[int]]:
     """Greedy/sampled decoding of one batch; finished rows leave the batch and the cache."""
     if engine == "fast" and _preallocatable(model, max(map(len, batch)) + max_new_tokens):
-        order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))  # the staircase wants longest first
-        if order != list(range(len(batch))):
-            sorted_out = _generate_batch(model, [batch[i] for i in order], rows[order], max_new_tokens, stops, pad_id,
-                                         sampling, generator, row_context, engine)
-            outputs: list[list[int]] = [[] for _ in batch]
-            for position, index in enumerate(order):
-                outputs[index] = sorted_out[position]
-            return outputs
-        cache, logits, mask, last_pos = _prefill_staircase(model, batch, rows, max_new_tokens, row_context, pad_id)
+        # Sampled draws follow the row order, which sharing changes: sampling keeps the plain staircase.
+        share = share_prefixes and not sampling.do_sample
+        keys = _row_keys(row_context, rows) if share else list(range(len(batch)))
+        plan = plan_prefill(batch, keys)
+        ordered = [batch[i] for i in plan.order]
+        cache, logits, mask, last_pos = _prefill_staircase(
+            model, ordered, rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
+        cache_rows = rows[plan.order]
     else:
+        plan = None
         cache, logits, mask, last_pos = _prefill_padded(model, batch, rows, pad_id, row_context)
-    return _decode(model, cache, logits, mask, last_pos, rows, max_new_tokens, stops, sampling, generator, row_context)
+        cache_rows = rows
+    outputs = _decode(model, cache, logits, mask, last_pos, cache_rows, max_new_tokens, stops, sampling, generator,
+                      row_context)
+    if plan is None:
+        return outputs
+    in_order: list[list[int]] = [[] for _ in batch]
+    for position, index in enumerate(plan.order):
+        in_order[index] = outputs[position]
+    return in_order
+
+
+def _row_keys(row_context: RowContext | None, rows: torch.Tensor) -> list:
+    """Which rows run under the same weights (see `RowContext`): all of them without a row context."""
+    if row_context is None:
+        return [0] * len(rows)
+    keys = getattr(row_context, "row_keys", None)
+    return list(keys(rows)) if keys is not None else list(range(len(rows)))
 
 
 def _decode(model, cache, logits, mask, last_pos, rows, max_new_tokens, stops, sampling, generator, row_context):
@@ -275,20 +300,24 @@ class _PreallocatedLayer(DynamicLayer):
     same numbers, so outputs are unchanged.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, total_rows: int | None = None) -> None:
         super().__init__()
-        self.capacity, self.rows, self.length = capacity, 0, 0
+        self.capacity, self.total_rows = capacity, total_rows
+        self.first, self.rows, self.length = 0, 0, 0  # the window attention sees: rows first.. first+rows
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
-        self.rows = key_states.shape[0]
-        self._keys = key_states.new_zeros(key_states.shape[:2] + (self.capacity, key_states.shape[3]))
-        self._values = value_states.new_zeros(value_states.shape[:2] + (self.capacity, value_states.shape[3]))
-        self.is_initialized = True  # zeros, not empty: pad slots are masked, but must stay finite for the kernels
+        rows = self.total_rows or key_states.shape[0]
+        # Empty, not zeros: attention only reads positions below `length`, each written first (prefill,
+        # shared-prefix copies) or zeroed by `left_align` (pad slots: masked, but kept finite for the kernels).
+        self._keys = key_states.new_empty((rows, key_states.shape[1], self.capacity, key_states.shape[3]))
+        self._values = value_states.new_empty((rows, value_states.shape[1], self.capacity, value_states.shape[3]))
+        self.is_initialized = True
 
     def _views(self) -> None:
-        self.keys = self._keys[: self.rows, :, : self.length]  # (rows, kv_heads, length, head_dim)
-        self.values = self._values[: self.rows, :, : self.length]
+        rows = slice(self.first, self.first + self.rows)
+        self.keys = self._keys[rows, :, : self.length]  # (rows, kv_heads, length, head_dim)
+        self.values = self._values[rows, :, : self.length]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
@@ -296,8 +325,10 @@ class _PreallocatedLayer(DynamicLayer):
         end = self.length + key_states.shape[-2]
         if end > self._keys.shape[-2]:  # more tokens than planned for: grow (never happens in `generate`)
             self._keys, self._values = (_resized(t, end, self.length) for t in (self._keys, self._values))
-        self._keys[: self.rows, :, self.length:end] = key_states
-        self._values[: self.rows, :, self.length:end] = value_states
+        rows = slice(self.first, self.first + key_states.shape[0])
+        self._keys[rows, :, self.length:end] = key_states
+        self._values[rows, :, self.length:end] = value_states
+        self.rows = key_states.shape[0]
         self.length = end
         self._views()
         return self.keys, self.values
@@ -305,16 +336,23 @@ class _PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
-    def keep_first(self, rows: int) -> None:
-        """Prefill: the shorter prompts are done; only the first `rows` rows run on (no copy)."""
-        self.rows = rows
+    def window(self, first: int, rows: int, length: int) -> None:
+        """Prefill: the next forward runs rows first..first+rows, which hold positions 0..length-1 (no copy)."""
+        self.first, self.rows, self.length = first, rows, length
         if self.is_initialized:
             self._views()
 
+    def copy_prefix(self, first: int, end: int, source: "_PreallocatedLayer", source_row: int, length: int) -> None:
+        """Rows first..end-1 get positions 0..length-1 of `source`'s row `source_row` (a shared prefix)."""
+        if not self.is_initialized:
+            self.lazy_initialization(source._keys[:1], source._values[:1])
+        self._keys[first:end, :, :length] = source._keys[source_row, :, :length]
+        self._values[first:end, :, :length] = source._values[source_row, :, :length]
+
     def left_align(self, lengths: Sequence[int]) -> None:
         """Prefill wrote row r at positions 0..len_r-1; decoding wants it left-padded to the widest."""
-        width = self.length
-        self.rows = self._keys.shape[0]
+        width = max(lengths)
+        self.first, self.rows, self.length = 0, self._keys.shape[0], width
         for row, length in enumerate(lengths):
             if length < width:
                 for buffer in (self._keys, self._values):
@@ -327,7 +365,7 @@ class _PreallocatedLayer(DynamicLayer):
         self._keys, self._values = (
             _resized(t.index_select(0, indices), self._keys.shape[-2], self.length) for t in (self.keys, self.values)
         )
-        self.rows = len(indices)
+        self.first, self.rows = 0, len(indices)
         self._views()
 
 
@@ -353,44 +391,148 @@ def _preallocatable(model: PreTrainedModel, capacity: int) -> bool:
     )
 
 
-def _prefill_staircase(model, batch, rows, max_new_tokens, row_context, pad_id):
+@dataclass(frozen=True)
+class PrefillPlan:
+    """How a batch is prefilled: cache row r holds prompt `order[r]`; each segment (lo, hi, start) is
+    a run of cache rows, longest prompt first, prefilled as one staircase from position `start`. A
+    segment with start > 0 shares its rows' first `start` tokens, computed once and copied in."""
+
+    order: list[int]
+    segments: list[tuple[int, int, int]]
+
+
+def plan_prefill(batch: Sequence[list[int]], keys: Sequence, min_shared: int = MIN_SHARED_PREFIX) -> PrefillPlan:
+    """Groups prompts that share a long prefix under the same weights (equal `keys`).
+
+    Why: SafeEdit inputs reuse a few long jailbreak templates with different questions, so many
+    prompts in a batch share hundreds of leading tokens. Prompts sorted by (key, tokens) put those
+    next to each other, and `_best_groups` splits that order into the runs that save the most
+    positions (so a long shared template is not cut down to a short common header). Rows in no
+    run form one plain staircase from position 0.
+    """
+    key_ids = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+    by_content = sorted(range(len(batch)), key=lambda i: (key_ids[keys[i]], batch[i]))
+    groups = _best_groups([batch[i] for i in by_content], [key_ids[keys[i]] for i in by_content], min_shared)
+    alone = [by_content[lo] for lo, hi, _ in groups if hi - lo == 1]
+    runs = [([by_content[k] for k in range(lo, hi)], shared) for lo, hi, shared in groups if hi - lo > 1]
+    runs = ([(alone, 0)] if alone else []) + runs
+    order: list[int] = []
+    segments: list[tuple[int, int, int]] = []
+    for members, shared in runs:
+        members = sorted(members, key=lambda i: (-len(batch[i]), i))  # the staircase wants longest first
+        segments.append((len(order), len(order) + len(members), shared))
+        order += members
+    return PrefillPlan(order, segments)
+
+
+def _best_groups(prompts: Sequence[list[int]], keys: Sequence[int], min_shared: int) -> list[tuple[int, int, int]]:
+    """Splits sorted prompts into runs [lo, hi) sharing `shared` leading tokens, saving the most positions.
+
+    A run of m prompts sharing s tokens saves (m - 1) * s positions; a dynamic programme over the
+    sorted order finds the best split (n <= max_batch_size, so O(n^2) is nothing). Shared prefixes
+    stop one token short of a run's shortest prompt, so every row still computes its last position.
+    """
+    common = [0] + [_common_prefix(a, b) if ka == kb else 0
+                    for a, b, ka, kb in zip(prompts, prompts[1:], keys, keys[1:])]  # with the previous prompt
+    best, start = [0] * (len(prompts) + 1), [0] * (len(prompts) + 1)  # best saving of the first j prompts
+    for j in range(1, len(prompts) + 1):
+        best[j], start[j] = best[j - 1], j - 1  # prompt j-1 alone
+        shared = len(prompts[j - 1]) - 1
+        for i in range(j - 1, 0, -1):  # the run i-1 .. j-1
+            shared = min(shared, common[i], len(prompts[i - 1]) - 1)
+            if shared < min_shared:
+                break
+            if best[i - 1] + (j - i) * shared > best[j]:
+                best[j], start[j] = best[i - 1] + (j - i) * shared, i - 1
+    groups, hi = [], len(prompts)
+    while hi > 0:
+        lo = start[hi]
+        shared = min([len(p) - 1 for p in prompts[lo:hi]] + common[lo + 1:hi]) if hi - lo > 1 else 0
+        groups.append((lo, hi, shared))
+        hi = lo
+    return groups[::-1]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _preallocated_cache(model: PreTrainedModel, rows: int, capacity: int) -> DynamicCache:
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_PreallocatedLayer(capacity, rows) for _ in cache.layers]
+    return cache
+
+
+def _prefill_staircase(model, batch, rows, segments, max_new_tokens, row_context, pad_id):
     """Prefills a batch without computing a single pad position, into a preallocated KV cache.
 
     Why: a left-padded batch computes every pad position of every layer and attends with an explicit
     mask (so the causal half cannot be skipped); with prompts of 40..1,000 tokens in one batch, most of
-    the work is padding. Here rows are sorted longest first and the prompts are run in chunks between
-    consecutive distinct prompt lengths: chunk k runs positions [l_(k-1), l_k) of the rows at least l_k
-    long, which are the first rows, so every chunk is dense and writes a dense slice of the buffer. The
-    first chunk holds every row. At the end, rows are shifted to the left-padded layout decoding uses.
+    the work is padding. Here each segment's rows (longest first) run in chunks between consecutive
+    distinct prompt lengths: chunk k runs positions [l_(k-1), l_k) of the rows at least l_k long,
+    which are the segment's first rows, so every chunk is dense and writes a dense slice of the
+    buffer. A segment whose rows share their first `start` tokens gets those positions from one
+    computation of the prefix (`_shared_prefixes`). At the end, rows are shifted to the left-padded
+    layout decoding uses.
 
-    Expects `batch` sorted longest first. Returns (cache, last-position logits, 2-D mask, last positions).
+    Expects `batch` in plan order (see `plan_prefill`). Returns (cache, last-position logits, 2-D
+    mask, last positions).
     """
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in batch]
-    width = lengths[0]
-    cache = DynamicCache(config=model.config)
-    cache.layers = [_PreallocatedLayer(width + max_new_tokens) for _ in cache.layers]
+    cache = _preallocated_cache(model, len(batch), max(lengths) + max_new_tokens)
+    _shared_prefixes(model, cache, batch, rows, segments, row_context)
     extra = forward_kwargs(model, cache)
     logits: torch.Tensor | None = None  # (batch, vocab) once the first chunk has run
-    start = 0
-    for end in sorted(set(lengths)):
-        count = sum(1 for length in lengths if length >= end)  # the first `count` rows reach `end`
-        for layer in cache.layers:
-            layer.keep_first(count)
-        chunk = torch.tensor([ids[start:end] for ids in batch[:count]], dtype=torch.long, device=device)
-        positions = torch.arange(start, end, device=device).expand(count, -1)  # (count, end - start)
-        mask = torch.ones((count, end), dtype=torch.long, device=device)
-        chunk_logits = _forward(model, chunk, mask, positions, rows[:count], row_context, extra)  # (count, vocab)
-        if logits is None:
-            logits = chunk_logits.new_empty((len(batch), chunk_logits.shape[-1]))
-        finished = [row for row in range(count) if lengths[row] == end]
-        logits[finished] = chunk_logits[finished]
-        start = end
+    for lo, hi, start in segments:
+        logits = _staircase(model, cache, extra, batch[lo:hi], lo, start, rows[lo:hi], row_context, logits, len(batch))
     for layer in cache.layers:
         layer.left_align(lengths)
     _, mask = _left_pad(batch, pad_id)
     last_pos = torch.tensor([length - 1 for length in lengths], dtype=torch.long, device=device)
     return cache, logits, mask.to(device), last_pos
+
+
+def _shared_prefixes(model, cache, batch, rows, segments, row_context) -> None:
+    """Runs each segment's shared prefix once (all prefixes as one staircase, one row each, in a
+    scratch cache) and copies its keys and values into every row of the segment."""
+    shared = [(lo, hi, start) for lo, hi, start in segments if start > 0]
+    if not shared:
+        return
+    shared.sort(key=lambda segment: -segment[2])  # longest prefix first
+    scratch = _preallocated_cache(model, len(shared), shared[0][2])
+    prefixes = [batch[lo][:start] for lo, _, start in shared]
+    first_rows = rows[[lo for lo, _, _ in shared]]
+    _staircase(model, scratch, forward_kwargs(model, scratch), prefixes, 0, 0, first_rows, row_context, None, len(shared))
+    for source, (lo, hi, start) in enumerate(shared):
+        for layer, scratch_layer in zip(cache.layers, scratch.layers):
+            layer.copy_prefix(lo, hi, scratch_layer, source, start)
+
+
+def _staircase(model, cache, extra, batch, lo, start, rows, row_context, logits, total_rows):
+    """Prefills cache rows lo.. (prompts `batch`, longest first, positions [0, start) already there)
+    chunk by chunk up to each prompt's end; writes each row's last-position logits into `logits`."""
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in batch]
+    for end in sorted(set(lengths)):
+        count = sum(1 for length in lengths if length >= end)  # the first `count` rows reach `end`
+        for layer in cache.layers:
+            layer.window(lo, count, start)
+        chunk = torch.tensor([ids[start:end] for ids in batch[:count]], dtype=torch.long, device=device)
+        positions = torch.arange(start, end, device=device).expand(count, -1)  # (count, end - start)
+        mask = torch.ones((count, end), dtype=torch.long, device=device)
+        chunk_logits = _forward(model, chunk, mask, positions, rows[:count], row_context, extra)  # (count, vocab)
+        if logits is None:
+            logits = chunk_logits.new_empty((total_rows, chunk_logits.shape[-1]))
+        finished = [row for row in range(count) if lengths[row] == end]
+        logits[[lo + row for row in finished]] = chunk_logits[finished]
+        start = end
+    return logits
 
 
 def _forward(model, input_ids, mask, positions, rows, row_context, extra) -> torch.Tensor:

@@ -115,6 +115,10 @@ class RowDeltas:
     def __call__(self, rows: torch.Tensor) -> contextlib.AbstractContextManager:
         return self._hooked(rows)
 
+    def row_keys(self, rows: torch.Tensor) -> list[int]:
+        """Rows of one owner run under the same weights, so `generate` may share their prompt prefixes."""
+        return self.row_owner[rows.cpu()].tolist()
+
     @contextlib.contextmanager
     def _hooked(self, rows: torch.Tensor) -> Iterator[None]:
         """Hooks for one forward pass over `rows` (original prompt indices, in batch order)."""
