@@ -207,7 +207,8 @@ def lenient_kqa_note(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     KQA is exact match; a small chat model answers in sentences and scores ~0, so the lenient
     score is what shows whether an edit changed what the model knows.
     """
-    values = [(label, metrics["KQA_contains"]) for label, metrics in rows if (metrics.get("KQA_contains") or {}).get("value") is not None]
+    values = [(label, metrics["KQA_contains"]) for label, metrics in rows
+              if (metrics.get("KQA_contains") or {}).get("value") is not None]
     if not values:
         return []
     listed = "; ".join(f"{label} {_cell(entry, with_ci=True)}" for label, entry in values)
@@ -268,7 +269,6 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
         baseline = json.dumps({k: run.config.get(k) for k in BASELINE_KEYS}, sort_keys=True, default=str)
         if run.variant("vanilla"):
             baselines.setdefault(baseline, run)
-    seen = set(baselines)
     rows = []
     for run in baselines.values():  # with several baselines, each names the run it comes from
         label = run.config.get("model") if len(baselines) == 1 else f"{run.config.get('model')}; {run.folder.name}"
@@ -280,6 +280,6 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
              *lenient_kqa_note(rows), "## Runs", ""]
     parts += [f"- `{run.folder}`: {_settings_line(run.config, run.metrics.get('n_items'))}" for run in runs]
-    if len(seen) > 1:
+    if len(baselines) > 1:
         parts += ["", "Note: the runs do not share one baseline (model, data or settings differ); compare with care."]
     return "\n".join(parts) + "\n"

@@ -434,22 +434,21 @@ def _best_groups(prompts: Sequence[list[int]], keys: Sequence[int], min_shared: 
     """
     common = [0] + [_common_prefix(a, b) if ka == kb else 0
                     for a, b, ka, kb in zip(prompts, prompts[1:], keys, keys[1:])]  # with the previous prompt
-    best, start = [0] * (len(prompts) + 1), [0] * (len(prompts) + 1)  # best saving of the first j prompts
-    for j in range(1, len(prompts) + 1):
-        best[j], start[j] = best[j - 1], j - 1  # prompt j-1 alone
+    n = len(prompts)
+    best, start, shared_by = [0] * (n + 1), [0] * (n + 1), [0] * (n + 1)  # for the first j prompts: saving, last run
+    for j in range(1, n + 1):
+        best[j], start[j], shared_by[j] = best[j - 1], j - 1, 0  # prompt j-1 alone
         shared = len(prompts[j - 1]) - 1
         for i in range(j - 1, 0, -1):  # the run i-1 .. j-1
             shared = min(shared, common[i], len(prompts[i - 1]) - 1)
             if shared < min_shared:
                 break
             if best[i - 1] + (j - i) * shared > best[j]:
-                best[j], start[j] = best[i - 1] + (j - i) * shared, i - 1
-    groups, hi = [], len(prompts)
+                best[j], start[j], shared_by[j] = best[i - 1] + (j - i) * shared, i - 1, shared
+    groups, hi = [], n
     while hi > 0:
-        lo = start[hi]
-        shared = min([len(p) - 1 for p in prompts[lo:hi]] + common[lo + 1:hi]) if hi - lo > 1 else 0
-        groups.append((lo, hi, shared))
-        hi = lo
+        groups.append((start[hi], hi, shared_by[hi]))
+        hi = start[hi]
     return groups[::-1]
 
 

@@ -59,13 +59,21 @@ def detach_output(value: Any) -> Any:
 
 def capture_layer_output(model: nn.Module, layer: int, inputs: dict[str, torch.Tensor]) -> Any:
     """The output of decoder layer `layer` for `inputs`, exactly as the layer returned it (detached)."""
+    return _output_of(model, get_adapter(model).layers[layer], inputs)
+
+
+def _output_of(model: nn.Module, module: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
+    """Runs `model` on `inputs` without grad until `module` returns; its output, detached.
+
+    Takes the module rather than a layer index so that it also works while stubs stand in for
+    some layers (the model's layer list is then not one of identical blocks)."""
     captured: dict[str, Any] = {}
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         captured["output"] = detach_output(output)
         raise _StopForward
 
-    handle = get_adapter(model).layers[layer].register_forward_hook(hook)
+    handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(**inputs, use_cache=False)
@@ -74,7 +82,7 @@ def capture_layer_output(model: nn.Module, layer: int, inputs: dict[str, torch.T
     finally:
         handle.remove()
     if "output" not in captured:
-        raise RuntimeError(f"{type(model).__name__}: layer {layer} was never called during the forward pass")
+        raise RuntimeError(f"{type(model).__name__}: {type(module).__name__} was never called during the forward pass")
     return captured["output"]
 
 
@@ -187,28 +195,21 @@ class SuffixForward:
 
     def _layer_output(self, projection: nn.Module, add: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
         """(output of the edited layer, input of `projection`), optionally with x @ `add` added to its output."""
-        seen: dict[str, Any] = {}
+        seen: dict[str, torch.Tensor] = {}
 
         def on_projection(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
             seen["x"] = args[0].detach()
             return out + args[0] @ add if add is not None else out
 
-        def on_layer(module: nn.Module, args: Any, out: Any) -> None:
-            seen["out"] = detach_output(out)
-            raise _StopForward
-
-        handles = [projection.register_forward_hook(on_projection), self.layers[self.layer].register_forward_hook(on_layer)]
+        handle = projection.register_forward_hook(on_projection)
         context = (layers_replaced(self.layers, self.layer, self.cached) if self.cached is not None
                    else contextlib.nullcontext())
         try:
-            with context, torch.no_grad():
-                self.model(**self.inputs, use_cache=False)
-        except _StopForward:
-            pass
+            with context:
+                output = _output_of(self.model, self.layers[self.layer], self.inputs)
         finally:
-            for handle in handles:
-                handle.remove()
-        return seen["out"], seen["x"]
+            handle.remove()
+        return output, seen["x"]
 
     def logits(self, keep_last: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the last `keep_last` positions, (batch, keep_last, vocab).
