@@ -54,8 +54,9 @@ def setup(args: argparse.Namespace, n_items: int, max_new_tokens: int):
 
     torch.set_num_threads(args.threads)
     values, preset, _ = resolve_method_settings("dinm", "default", None, [])
+    budget = {"token_budget": args.token_budget} if args.token_budget else {}
     cfg = RunConfig(data=str(args.data), method="dinm", method_config=values, preset=preset, limit=n_items,
-                    max_new_tokens=max_new_tokens, judge=args.judge, progress=False, items_per_batch=n_items)
+                    max_new_tokens=max_new_tokens, judge=args.judge, progress=False, items_per_batch=n_items, **budget)
     model, tokenizer = load_model("default")
     method = build_method("dinm", values)
     return model, tokenizer, load_judge(args.judge), method, cfg, load_items(cfg)
@@ -299,7 +300,7 @@ def run_child(args: argparse.Namespace, worker: str, n_items: int, max_new_token
     command = [sys.executable, __file__, "--worker", worker, "--worker-items", str(n_items),
                "--worker-tokens", str(max_new_tokens), "--worker-out", str(out), "--data", str(args.data),
                "--judge", args.judge, "--threads", str(args.threads), "--gen-rows", str(args.gen_rows),
-               "--gen-variants", *args.gen_variants]
+               "--gen-variants", *args.gen_variants, *(["--token-budget", str(args.token_budget)] if args.token_budget else [])]
     logger.info("running %s", " ".join(command[2:]))
     subprocess.run(command, check=True)
     return torch.load(out, weights_only=False)
@@ -375,6 +376,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SafeEdit dev file (read, never copied)")
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--token-budget", type=int, default=None,
+                        help="the runner's generation token budget (default: RunConfig's)")
     parser.add_argument("--memory-items", type=int, default=20, help="items of the detoxedit memory run; 0 skips it")
     parser.add_argument("--generation", action="store_true", help="also time generation alone (HF vs engines)")
     parser.add_argument("--gen-rows", type=int, default=32)

@@ -40,7 +40,7 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.models.adapter import get_adapter
 from detoxedit.models.chat import ChatFormat
 from detoxedit.models.generation import truncate_left
-from detoxedit.models.suffix import detach_output
+from detoxedit.models.suffix import accepts_logits_to_keep, detach_output
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,12 @@ def _layer_states(
         return keep
 
     hooks = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(layers)]
+    # Only hidden states are scored: the LM head over every position would cost as much as ~8 layers.
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     try:
         with torch.no_grad():
-            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False)
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                        use_cache=False, **extra)
     finally:
         for hook in hooks:
             hook.remove()

@@ -196,6 +196,11 @@ class Runner:
         )
         self.checksums: dict[str, str] = {}
         self._fingerprint: str | None = None
+        # The runner judges only with the original weights in place (edits are per-row hooks, or
+        # applied and restored before judging; checksums verify it), so the judge may read this model.
+        share = getattr(judge, "share_model", None)
+        if share is not None and share(model, tokenizer, cfg.model, cfg.dtype):
+            logger.info("the judge reads the run's own %s model (no second copy)", cfg.model)
 
     # -- orchestration
 

@@ -124,10 +124,11 @@ def test_preallocated_layer_behaves_like_a_dynamic_layer() -> None:
         got = fast.update(k, -k)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert fast.get_seq_length() == dynamic.get_seq_length() == 7
-    kept = torch.tensor([2, 0])
-    dynamic.batch_select_indices(kept)
-    fast.batch_select_indices(kept)
-    assert torch.equal(fast.keys, dynamic.keys) and torch.equal(fast.values, dynamic.values)
+    for kept in (torch.tensor([0, 2]), torch.tensor([1, 0])):  # in place (what decoding does), then a reordering
+        dynamic.batch_select_indices(kept)
+        fast.batch_select_indices(kept)
+        assert torch.equal(fast.keys, dynamic.keys) and torch.equal(fast.values, dynamic.values)
+    assert torch.equal(fast.update(keys[1][:2], -keys[1][:2])[1], dynamic.update(keys[1][:2], -keys[1][:2])[1])
 
 
 def test_preallocated_layer_left_aligns_rows_of_a_staircase_prefill() -> None:

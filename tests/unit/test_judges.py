@@ -329,6 +329,21 @@ def test_embedded_judge_with_a_generator_head_scores_replies(tmp_path, tiny_pair
     assert all(0 < s < 1 for s in scores)
 
 
+def test_embedded_judge_reads_a_shared_model_only_when_it_is_the_heads_generator(tmp_path, tiny_pair):
+    d = tiny_pair[0].config.hidden_size
+    Head([np.ones((d + 2, 1)) * 0.01], [np.zeros(1)], ("generator:2", "refusal_phrases"), 0.35).save(tmp_path)
+    assert not EmbeddedJudge(tmp_path).share_model(*tiny_pair, "some/other-model", "float32")
+    assert not EmbeddedJudge(tmp_path).share_model(*tiny_pair, "default", "bfloat16")
+    judge = EmbeddedJudge(tmp_path)
+    assert judge.share_model(*tiny_pair, "default", "float32")
+    own_copy = EmbeddedJudge(tmp_path, generator=tiny_pair).load()
+    assert judge.score([REFUSAL, COMPLIANCE]) == own_copy.score([REFUSAL, COMPLIANCE])  # and nothing was loaded
+    assert judge.extractor._generators[2]._pair[0] is tiny_pair[0]
+    assert not judge.share_model(*tiny_pair, "default", "float32")  # it already has one
+    Head([np.zeros((3, 1))], [np.zeros(1)], ("refusal_phrases",)).save(tmp_path / "plain")
+    assert not EmbeddedJudge(tmp_path / "plain").share_model(*tiny_pair, "default", "float32")
+
+
 def test_head_with_unknown_feature_names_its_meta_file(tmp_path):
     Head([np.zeros((3, 1))], [np.zeros(1)], ("tfidf",)).save(tmp_path)
     with pytest.raises(ModelLoadError, match=r"meta.json: unknown judge feature 'tfidf'"):

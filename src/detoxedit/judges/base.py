@@ -8,7 +8,7 @@ the paper's labels: 1 unsafe, 0 safe, and 0.5 for an empty reply, whatever the j
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from detoxedit.registry import Registry
 
@@ -47,6 +47,15 @@ class Judge(ABC):
 
     def labels(self, texts: Sequence[str]) -> list[float]:
         return self.labels_from_scores(texts, self.score(texts))
+
+    def share_model(self, model: Any, tokenizer: Any, spec: str, dtype: str) -> bool:
+        """Offers the caller's loaded model (`spec`, `dtype`, original weights whenever `score` runs).
+
+        A judge that reads a chat model's hidden states can use it instead of loading its own copy
+        (for the default model, 0.5 GB less memory). Returns whether the judge took it; the default
+        judge needs no model and declines.
+        """
+        return False
 
 
 JudgeFactory = Callable[..., Judge]

@@ -325,6 +325,19 @@ class EmbeddedJudge(Judge):
         _ = self.head
         return self
 
+    def share_model(self, model: Any, tokenizer: Any, spec: str, dtype: str) -> bool:
+        """Takes the caller's model when it is the one the head's `generator:L` features were trained
+        on (same spec, float32) and no copy is loaded yet."""
+        head = self.head
+        wanted = head.meta.get("generator", "default")
+        uses_generator = any(name.startswith(GENERATOR_PREFIX) for name in head.features)
+        if not uses_generator or spec != wanted or dtype != "float32" or self.extractor.generator is not None:
+            return False
+        if any(encoder._pair is not None for encoder in self.extractor._generators.values()):
+            return False
+        self.extractor.generator = (model, tokenizer)
+        return True
+
     def _score_texts(self, texts: list[str]) -> list[float]:
         head = self.head
         self.extractor.generator_spec = head.meta.get("generator", "default")

@@ -114,7 +114,8 @@ class Objective:
     fast_prefix: bool = True
     edit_prefix: Any = None  # layer `layer - 1`'s output for the edit input, if localisation computed it
     _runs: dict[str, SuffixForward] = field(default_factory=dict, init=False, repr=False)
-    _kl_base: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _kl_probs: torch.Tensor | None = field(default=None, init=False, repr=False)  # the original's probabilities
+    _kl_neg_entropy: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         device = next(self.model.parameters()).device
@@ -127,13 +128,14 @@ class Objective:
                                             param_name=self.param_name, prefix=prefix)
         if "kl" in self._runs:
             with torch.no_grad():
-                self._kl_base = F.log_softmax(self._target_logits("kl", None), dim=-1)  # (1, answer, vocab)
+                base = F.log_softmax(self._target_logits("kl", None), dim=-1)  # (1, answer, vocab)
+                self._kl_probs = base.exp()
+                self._kl_neg_entropy = (self._kl_probs * base).sum(-1)  # (1, answer): sum p log p, fixed
 
     def _target_logits(self, key: str, weight: torch.Tensor | None) -> torch.Tensor:
         """Logits at the positions that predict the example's target tokens, (1, target, vocab), float32."""
         example = self.edit if key == "edit" else self.kl
-        logits = self._runs[key].logits(example.target_len + 1, weight)  # (1, target + 1, vocab)
-        return logits[:, :-1].float()
+        return self._runs[key].predicting_logits(example.target_len, weight).float()  # (1, target, vocab)
 
     def parts(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss parts for the trained copy `weight`: nll (edit target), kl, and total."""
@@ -141,10 +143,10 @@ class Objective:
         targets = self.edit.input_ids[:, -self.edit.target_len:].to(logits.device)  # (1, target)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         parts = {"nll": nll, "loss": self.edit_weight * nll}
-        if self._kl_base is not None:
+        if self._kl_probs is not None:
             with contextlib.nullcontext() if self.kl_grad else torch.no_grad():
                 edited = F.log_softmax(self._target_logits("kl", weight), dim=-1)  # (1, answer, vocab)
-                kl = (self._kl_base.exp() * (self._kl_base - edited)).sum(-1).mean()
+                kl = (self._kl_neg_entropy - (self._kl_probs * edited).sum(-1)).mean()  # sum p (log p - log q)
             parts["kl"] = kl
             parts["loss"] = parts["loss"] + self.kl_weight * kl
         return parts

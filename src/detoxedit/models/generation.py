@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from detoxedit.models.chat import ChatFormat
+from detoxedit.models.kernels import few_row_linear, skip_padded_keys
 
 logger = logging.getLogger(__name__)
 
@@ -223,21 +224,23 @@ def _generate_batch(
     share_prefixes: bool = True,
 ) -> list[list[int]]:
     """Greedy/sampled decoding of one batch; finished rows leave the batch and the cache."""
-    if engine == "fast" and _preallocatable(model, max(map(len, batch)) + max_new_tokens):
-        # Sampled draws follow the row order, which sharing changes: sampling keeps the plain staircase.
-        share = share_prefixes and not sampling.do_sample
-        keys = _row_keys(row_context, rows) if share else list(range(len(batch)))
-        plan = plan_prefill(batch, keys)
-        ordered = [batch[i] for i in plan.order]
-        cache, logits, mask, last_pos = _prefill_staircase(
-            model, ordered, rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
-        cache_rows = rows[plan.order]
-    else:
-        plan = None
-        cache, logits, mask, last_pos = _prefill_padded(model, batch, rows, pad_id, row_context)
-        cache_rows = rows
-    outputs = _decode(model, cache, logits, mask, last_pos, cache_rows, max_new_tokens, stops, sampling, generator,
-                      row_context)
+    fast = engine == "fast" and _preallocatable(model, max(map(len, batch)) + max_new_tokens)
+    with (few_row_linear() if fast else contextlib.nullcontext()), (skip_padded_keys(model) if fast else contextlib.nullcontext()):
+        if fast:
+            # Sampled draws follow the row order, which sharing changes: sampling keeps the plain staircase.
+            share = share_prefixes and not sampling.do_sample
+            keys = _row_keys(row_context, rows) if share else list(range(len(batch)))
+            plan = plan_prefill(batch, keys)
+            ordered = [batch[i] for i in plan.order]
+            cache, logits, mask, last_pos = _prefill_staircase(
+                model, ordered, rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
+            cache_rows = rows[plan.order]
+        else:
+            plan = None
+            cache, logits, mask, last_pos = _prefill_padded(model, batch, rows, pad_id, row_context)
+            cache_rows = rows
+        outputs = _decode(model, cache, logits, mask, last_pos, cache_rows, max_new_tokens, stops, sampling, generator,
+                          row_context)
     if plan is None:
         return outputs
     in_order: list[list[int]] = [[] for _ in batch]
@@ -361,11 +364,22 @@ class _PreallocatedLayer(DynamicLayer):
         self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keeps rows `indices` (finished rows leave the cache), copying only the filled positions."""
-        self._keys, self._values = (
-            _resized(t.index_select(0, indices), self._keys.shape[-2], self.length) for t in (self.keys, self.values)
-        )
-        self.first, self.rows = 0, len(indices)
+        """Keeps rows `indices` (finished rows leave the cache) by moving them down in place.
+
+        Why in place: gathering the kept rows into a new buffer copied the whole filled cache twice
+        (gather, then into a buffer of full capacity) every time a row finished, a third of the decode
+        time in the profile. Here only the rows above the first finished one move, once each.
+        """
+        kept = [self.first + int(row) for row in indices.tolist()]
+        if kept == sorted(kept):
+            for new, old in enumerate(kept):
+                if new != old:  # new < old: the destination row has already been moved, or is dropped
+                    self._keys[new, :, : self.length] = self._keys[old, :, : self.length]
+                    self._values[new, :, : self.length] = self._values[old, :, : self.length]
+        else:  # a reordering (never from `_decode`): gather first, then write
+            for buffer, view in ((self._keys, self.keys), (self._values, self.values)):
+                buffer[: len(kept), :, : self.length] = view.index_select(0, indices.to(view.device))
+        self.first, self.rows = 0, len(kept)
         self._views()
 
 

@@ -19,6 +19,7 @@ large vocabulary saves as much as the skipped layers.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 from typing import Any, Iterator
@@ -101,6 +102,10 @@ def layers_replaced(layers: nn.ModuleList, count: int, output: Any, *, edited: n
     finally:
         for i, module in enumerate(originals):
             layers[i] = module
+
+
+# transformers versions with `slice_logits_to_keep` also take a tensor of positions for `logits_to_keep`.
+_KEEP_ACCEPTS_POSITIONS = hasattr(importlib.import_module("transformers.modeling_utils"), "slice_logits_to_keep")
 
 
 def accepts_logits_to_keep(model: nn.Module) -> bool:
@@ -218,20 +223,35 @@ class SuffixForward:
             weight: a replacement for `param_name`'s weight (e.g. the copy being trained); None
                 runs the model as it is.
         """
-        extra = {"logits_to_keep": keep_last} if self._keep_supported else {}
+        return self._run(keep_last, weight)[:, -keep_last:]
+
+    def predicting_logits(self, count: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the `count` positions that predict the last `count` tokens, (batch, count, vocab).
+
+        Why not `logits(count + 1)[:, :-1]`: the head then runs one position more, on a strided slice
+        of the hidden states (a batched matmul, slower than one matrix product here), and the slice's
+        backward writes a zero-filled (count + 1) x vocab gradient at every step.
+        """
+        seq = self.inputs["input_ids"].shape[-1]
+        if self._keep_supported and _KEEP_ACCEPTS_POSITIONS:
+            positions = torch.arange(seq - count - 1, seq - 1, device=self.inputs["input_ids"].device)
+            return self._run(positions, weight)
+        return self._run(count + 1, weight)[:, -count - 1:-1]
+
+    def _run(self, keep: int | torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """The forward with the cached parts stubbed in; logits of `keep` (a count, or positions) or all."""
+        extra = {"logits_to_keep": keep} if self._keep_supported else {}
         if self.edited is not None:
             self.edited.weight = weight
             try:
                 with layers_replaced(self.layers, self.layer, self.cached, edited=self.edited):
-                    out = self.model(**self.inputs, use_cache=False, **extra)
+                    return self.model(**self.inputs, use_cache=False, **extra).logits
             finally:
                 self.edited.weight = None
-            return out.logits[:, -keep_last:]
         run = self.model
         if weight is not None:
             run = lambda **kw: functional_call(self.model, {self.param_name: weight}, args=(), kwargs=kw)  # noqa: E731
         context = (layers_replaced(self.layers, self.layer, self.cached) if self.cached is not None
                    else contextlib.nullcontext())
         with context:
-            out = run(**self.inputs, use_cache=False, **extra)
-        return out.logits[:, -keep_last:]
+            return run(**self.inputs, use_cache=False, **extra).logits
