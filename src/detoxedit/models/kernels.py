@@ -4,9 +4,10 @@
 sequence; the last chunks of a staircase prefill have a handful of positions), the CPU BLAS that
 PyTorch uses here runs it far below memory speed: on this project's 2-core machine the whole default
 model (30 layers and the LM head, weights not in cache) took 64 ms a step for 4 rows, while the same
-products written as `(W @ x^T)^T` took 31 ms; for 16..256 rows the second form was 0-15% faster
-(benchmarks/README.md has the table). Both forms compute the same dot products, summed in a
-different order, so results agree to float rounding (greedy replies were identical in every check).
+products written as `(W @ x^T)^T` took 31 ms; for 16..64 rows the second form was 0-25% faster
+(benchmarks/README.md has the tables; this machine's timings vary by 10-20% from run to run). Both
+forms compute the same dot products; here they gave bit-identical results, and greedy replies were
+identical in every check.
 
 `few_row_linear()` switches every `F.linear` call with at most `max_rows` rows to the second form
 for the duration of a block, whatever the architecture: it intercepts the function, not a module
@@ -29,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-# Above this many rows the library's own kernel was as fast or faster in the measurements.
-FEW_ROWS = 256
+# Up to this many rows the second form was as fast or faster in every measurement; from ~100 rows on
+# it was sometimes slower (250 rows: 541 against 418 ms a model step in one run).
+FEW_ROWS = 64
 
 
 class few_row_linear(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch's own modes
