@@ -246,6 +246,32 @@ def test_batched_and_per_item_modes_give_identical_replies(data_file, tmp_path, 
     assert {k: r["reply"] for k, r in batched.items()} == {k: r["reply"] for k, r in applied.items()}
 
 
+class SharingJudge(FakeJudge):
+    """Takes the run's model when offered and records whether its weights were the original ones at every score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offered, self.weights_seen = None, []
+
+    def share_model(self, model, tokenizer, spec, dtype):
+        self.offered = (model, spec, dtype)
+        self.original = {k: v.clone() for k, v in model.state_dict().items()}
+        return True
+
+    def _score_texts(self, texts):
+        model = self.offered[0]
+        self.weights_seen.append(all(torch.equal(v, self.original[k]) for k, v in model.state_dict().items()))
+        return super()._score_texts(texts)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_judge_sharing_the_runs_model_only_sees_the_original_weights(data_file, tmp_path, model_tok, batched):
+    judge = SharingJudge()
+    run(config(data_file, method="fake-test", batched_edits=batched), tmp_path / "run", model_tok, judge=judge)
+    assert judge.offered[0] is model_tok[0] and judge.offered[2] == "float32"
+    assert len(judge.weights_seen) >= 2 and all(judge.weights_seen)  # vanilla and edited replies
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_checksum_mismatch_aborts(data_file, tmp_path, model_tok, batched):
     with pytest.raises(RestoreError, match="item 0"):
