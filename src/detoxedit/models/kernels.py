@@ -35,8 +35,13 @@ from torch.overrides import TorchFunctionMode
 FEW_ROWS = 64
 
 
-class few_row_linear(TorchFunctionMode):  # noqa: N801 - used as a context manager, like torch's own modes
-    """Inside the block, `F.linear(x, W, b)` over at most `max_rows` rows runs as `(W @ x^T)^T + b`."""
+def few_row_linear(max_rows: int = FEW_ROWS) -> TorchFunctionMode:
+    """A context manager: inside it, `F.linear(x, W, b)` over at most `max_rows` rows runs as `(W @ x^T)^T + b`."""
+    return _WeightFirstLinear(max_rows)
+
+
+class _WeightFirstLinear(TorchFunctionMode):
+    """The mode behind `few_row_linear` (a TorchFunctionMode sees every torch function call in its block)."""
 
     def __init__(self, max_rows: int = FEW_ROWS) -> None:
         super().__init__()
