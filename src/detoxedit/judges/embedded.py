@@ -174,6 +174,13 @@ class FeatureExtractor:
         self.generator = generator  # (model, tokenizer) to use instead of loading `generator_spec`
         self._generators: dict[int, GeneratorEncoder] = {}
 
+    def take_generator(self, model: Any, tokenizer: Any) -> bool:
+        """Uses this (model, tokenizer) for `generator:L` blocks, unless one is already set or loaded."""
+        if self.generator is not None or any(g._pair is not None for g in self._generators.values()):
+            return False
+        self.generator = (model, tokenizer)
+        return True
+
     def block(self, name: str, texts: Sequence[str]) -> np.ndarray:
         if name == "embedding":
             self.encoder = self.encoder or MiniLMEncoder()
@@ -329,14 +336,10 @@ class EmbeddedJudge(Judge):
         """Takes the caller's model when it is the one the head's `generator:L` features were trained
         on (same spec, float32) and no copy is loaded yet."""
         head = self.head
-        wanted = head.meta.get("generator", "default")
         uses_generator = any(name.startswith(GENERATOR_PREFIX) for name in head.features)
-        if not uses_generator or spec != wanted or dtype != "float32" or self.extractor.generator is not None:
+        if not uses_generator or spec != head.meta.get("generator", "default") or dtype != "float32":
             return False
-        if any(encoder._pair is not None for encoder in self.extractor._generators.values()):
-            return False
-        self.extractor.generator = (model, tokenizer)
-        return True
+        return self.extractor.take_generator(model, tokenizer)
 
     def _score_texts(self, texts: list[str]) -> list[float]:
         head = self.head

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from detoxedit.models.chat import ChatFormat
-from detoxedit.models.kernels import few_row_linear, skip_padded_keys
+from detoxedit.models.kernels import generation_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _generate_batch(
 ) -> list[list[int]]:
     """Greedy/sampled decoding of one batch; finished rows leave the batch and the cache."""
     fast = engine == "fast" and _preallocatable(model, max(map(len, batch)) + max_new_tokens)
-    with (few_row_linear() if fast else contextlib.nullcontext()), (skip_padded_keys(model) if fast else contextlib.nullcontext()):
+    with generation_kernels(model) if fast else contextlib.nullcontext():
         if fast:
             # Sampled draws follow the row order, which sharing changes: sampling keeps the plain staircase.
             share = share_prefixes and not sampling.do_sample

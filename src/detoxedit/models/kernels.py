@@ -68,6 +68,13 @@ class _WeightFirstLinear(TorchFunctionMode):
         return out.contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
+@contextlib.contextmanager
+def generation_kernels(model: torch.nn.Module) -> Iterator[None]:
+    """Both switches, for the fast engine's prefill and decoding of one batch."""
+    with few_row_linear(), skip_padded_keys(model):
+        yield
+
+
 # A group's attention call costs about as much as this many extra (row, key) pairs read.
 GROUP_OVERHEAD_KEYS = 256
 
@@ -103,7 +110,7 @@ class _RowGroupedAttention:
 
     def __init__(self, attend: Callable[..., tuple[torch.Tensor, Any]]) -> None:
         self.attend = attend
-        self._plan_for: tuple[int, tuple[int, ...]] | None = None  # the mask the cached plan belongs to
+        self._plan_for: torch.Tensor | None = None  # the mask the cached plan belongs to (held, so never reused)
         self._plan: list[tuple[int, int, int]] | None = None
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
@@ -123,9 +130,8 @@ class _RowGroupedAttention:
                     and query.shape[2] == 1 and mask.shape[0] == query.shape[0] > 1 and mask.shape[-1] == key.shape[2])
         if not decoding:
             return None
-        identity = (mask.data_ptr(), tuple(mask.shape))
-        if identity != self._plan_for:  # one plan per step: every layer gets the same mask
-            self._plan_for, self._plan = identity, plan_key_groups(first_keys(mask), mask.shape[-1], GROUP_OVERHEAD_KEYS)
+        if mask is not self._plan_for:  # one plan per step: every layer gets the same mask object
+            self._plan_for, self._plan = mask, plan_key_groups(first_keys(mask), mask.shape[-1], GROUP_OVERHEAD_KEYS)
         return self._plan
 
 

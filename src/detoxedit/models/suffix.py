@@ -19,7 +19,6 @@ large vocabulary saves as much as the skipped layers.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import logging
 from typing import Any, Iterator
@@ -27,6 +26,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 from torch.func import functional_call
+from transformers import modeling_utils
 from transformers.pytorch_utils import Conv1D
 
 from detoxedit.models.adapter import LinearView, get_adapter
@@ -105,7 +105,7 @@ def layers_replaced(layers: nn.ModuleList, count: int, output: Any, *, edited: n
 
 
 # transformers versions with `slice_logits_to_keep` also take a tensor of positions for `logits_to_keep`.
-_KEEP_ACCEPTS_POSITIONS = hasattr(importlib.import_module("transformers.modeling_utils"), "slice_logits_to_keep")
+_KEEP_ACCEPTS_POSITIONS = hasattr(modeling_utils, "slice_logits_to_keep")
 
 
 def accepts_logits_to_keep(model: nn.Module) -> bool:
