@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from tiny import FAMILIES, tiny_model, tiny_tokenizer
@@ -9,7 +11,11 @@ from transformers import MistralConfig, MistralForCausalLM
 from transformers.cache_utils import DynamicLayer
 
 from detoxedit.models import Batching, ChatFormat, Sampling, generate, generate_ids
-from detoxedit.models.generation import _preallocatable, _PreallocatedLayer, plan_prefill, stop_token_ids
+from detoxedit.models import generation
+from detoxedit.models.generation import (
+    _preallocatable, _PreallocatedLayer, _TieredLayer, plan_batches, plan_prefill, plan_tiers, stop_token_ids,
+    tier_positions,
+)
 from detoxedit.models.multidelta import RowDeltas
 
 # Several distinct lengths, two of equal length, a one-token prompt: every staircase case.
@@ -225,3 +231,66 @@ def test_preallocated_layer_copies_a_shared_prefix_into_a_window_of_rows() -> No
     keys, values = target.update(torch.tensor([[[[7.0]]], [[[8.0]]]]), torch.zeros(2, 1, 1, 1))
     assert keys[:, 0, :, 0].tolist() == [[1.0, 2.0, 7.0], [1.0, 2.0, 8.0]]
     assert values[:, 0, :2, 0].tolist() == [[3.0, 4.0], [3.0, 4.0]]
+
+
+# ---------------------------------------------------------------- the KV cache in tiers of similar lengths
+
+
+def test_plan_tiers_splits_only_where_it_saves_more_than_the_overhead() -> None:
+    assert plan_tiers([1000, 990, 40, 38], overhead=100) == [(0, 2), (2, 4)]
+    assert plan_tiers([1000, 990, 40, 38], overhead=2048) == [(0, 4)]  # saves 1,920 positions: not worth a tier
+    assert plan_tiers([100, 90, 80], overhead=0) == [(0, 1), (1, 2), (2, 3)]
+    assert plan_tiers([7]) == [(0, 1)]
+    assert tier_positions([3000, 40, 38, 36], 10) == 3010 + 3 * 50
+
+
+def test_plan_batches_counts_tiered_positions_so_short_rows_join_a_long_one() -> None:
+    lengths, budget = [40, 3000, 38, 36], Batching(token_budget=3300)
+    assert plan_batches(lengths, 10, budget) == [[1], [0, 2, 3]]  # padded: 2 rows would be 6,020 positions
+    assert plan_batches(lengths, 10, budget, tiered=True) == [[1, 0, 2, 3]]
+
+
+def test_tiered_layer_writes_each_tier_and_drops_emptied_tiers() -> None:
+    wide, narrow = _PreallocatedLayer(capacity=6), _PreallocatedLayer(capacity=4)
+    wide.update(torch.ones(1, 1, 4, 2), torch.ones(1, 1, 4, 2))  # one row of a 4-token prompt
+    narrow.update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))  # two rows of 2-token prompts
+    layer = _TieredLayer([wide, narrow], [4, 2])
+    step = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, 2)
+    keys, values = layer.update(step, -step)
+    assert keys.shape == (3, 1, 5, 2) and layer.get_seq_length() == 5
+    (lo0, hi0, off0, k0), (lo1, hi1, off1, k1) = keys.parts
+    assert (lo0, hi0, off0, k0.shape[-2]) == (0, 1, 0, 5) and (lo1, hi1, off1, k1.shape[-2]) == (1, 3, 2, 3)
+    assert k1[:, 0, -1, 0].tolist() == [1.0, 2.0] and values.parts[1][3][:, 0, -1, 0].tolist() == [-1.0, -2.0]
+    layer.batch_select_indices(torch.tensor([2]))  # the wide tier's only row finished
+    keys, _ = layer.update(torch.full((1, 1, 1, 2), 7.0), torch.zeros(1, 1, 1, 2))
+    assert [(lo, hi, offset) for lo, hi, offset, _ in keys.parts] == [(0, 1, 2)]
+    assert keys.parts[0][3][0, 0, :, 0].tolist() == [0.0, 0.0, 2.0, 7.0]
+
+
+@pytest.fixture
+def forced_tiers(monkeypatch):
+    """Every distinct length its own tier; records how many tiers each tiered batch had."""
+    monkeypatch.setattr(generation, "TIER_OVERHEAD_POSITIONS", 0)
+    counts: list[int] = []
+    real = generation._tiered_cache
+    monkeypatch.setattr(generation, "_tiered_cache", lambda model, tiers: counts.append(len(tiers)) or real(model, tiers))
+    return counts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiered_cache_gives_the_tokens_of_hf_one_at_a_time_with_rows_stopping_early(family: str, forced_tiers) -> None:
+    model, tok = tiny_model(family), tiny_tokenizer()
+    encoded = _encoded(tok) + _shared_encoded(tok)
+    common = Counter(t for ids in generate_ids(model, tok, encoded, 5, progress=False) for t in ids[2:]).most_common(1)[0][0]
+    with torch.no_grad():  # EOS wins where the commonest token would: rows stop at different steps, tiers empty out
+        model.get_output_embeddings().weight[tok.eos_token_id] = 1.1 * model.get_output_embeddings().weight[common]
+    tiered = generate_ids(model, tok, encoded, 10, progress=False)
+    assert len({len(ids) for ids in tiered}) > 1  # some rows stopped early
+    assert tiered == [_hf_greedy(model, tok, ids, 10) for ids in encoded]
+    assert (max(forced_tiers, default=0) > 2) == (model.config._attn_implementation == "sdpa")
+
+
+def test_tiered_cache_with_per_row_deltas_equals_each_edit_applied_alone(forced_tiers) -> None:
+    encoded = _encoded(tiny_tokenizer()) + _shared_encoded(tiny_tokenizer())
+    _check_per_row_deltas_equal_each_edit_alone("llama", encoded, [i % 3 - 1 for i in range(len(encoded))], 8)
+    assert max(forced_tiers) > 2

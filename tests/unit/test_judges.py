@@ -300,7 +300,8 @@ def test_generator_features_do_not_depend_on_batch_or_padding(tiny_pair):
     assert not np.allclose(together[0], together[1])
 
 
-def test_generator_features_pool_the_reply_after_an_empty_user_turn(tiny_pair):
+@pytest.mark.parametrize("layer", [1, 3, 4])  # below the top (the forward stops there) and the top layer
+def test_generator_features_pool_the_reply_after_an_empty_user_turn(tiny_pair, layer):
     import torch
     from detoxedit.models import ChatFormat
 
@@ -309,9 +310,9 @@ def test_generator_features_pool_the_reply_after_an_empty_user_turn(tiny_pair):
     prefix = tokenizer(fmt.render(""), add_special_tokens=fmt.add_special_tokens)["input_ids"]
     reply = tokenizer("Sure, here you go.", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        hidden = model(input_ids=torch.tensor([prefix + reply]), output_hidden_states=True).hidden_states[3]
+        hidden = model(input_ids=torch.tensor([prefix + reply]), output_hidden_states=True).hidden_states[layer]
     expected = hidden[0, len(prefix):].mean(0).numpy()  # (hidden,)
-    np.testing.assert_allclose(GeneratorEncoder(3, model_and_tokenizer=tiny_pair).encode(["Sure, here you go."])[0],
+    np.testing.assert_allclose(GeneratorEncoder(layer, model_and_tokenizer=tiny_pair).encode(["Sure, here you go."])[0],
                                expected, atol=1e-5)
 
 

@@ -14,7 +14,7 @@ from detoxedit.models import kernels
 from detoxedit.models.kernels import few_row_linear, plan_key_groups, skip_padded_keys
 
 
-@pytest.mark.parametrize("shape", [(3, 16), (2, 1, 16), (4, 5, 16)])
+@pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 1, 16), (4, 4, 16), (4, 5, 16)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_row_linear_equals_f_linear(shape: tuple[int, ...], bias: bool) -> None:
     torch.manual_seed(0)
@@ -25,6 +25,13 @@ def test_few_row_linear_equals_f_linear(shape: tuple[int, ...], bias: bool) -> N
         got = F.linear(x, weight, b)
     assert got.shape == expected.shape and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_first_rows_follows_the_measured_table() -> None:
+    assert kernels.weight_first_rows(1) == 2  # a matrix-vector product is slow: padded to two rows
+    assert [kernels.weight_first_rows(r) for r in (2, 9, 16, 64)] == [2, 9, 16, 64]
+    assert [kernels.weight_first_rows(r) for r in (10, 13, 25, 72)] == [None] * 4
+    assert kernels.weight_first_rows(8, max_rows=4) is None
 
 
 def test_few_row_linear_leaves_large_and_mixed_calls_to_torch() -> None:

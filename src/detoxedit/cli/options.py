@@ -12,4 +12,5 @@ MAX_NEW_TOKENS = typer.Option(128, help="New tokens per reply.")
 MAX_INPUT_TOKENS = typer.Option(1024, help="Longer prompts keep their last tokens.")
 CHAT_FORMAT = typer.Option("auto", help="auto | template | plain | raw (see docs: chat formats).")
 SYSTEM_PROMPT = typer.Option(None, help="Optional system prompt.")
-TOKEN_BUDGET = typer.Option(24_576, help="Max rows x (prompt + new tokens) per generation batch.")
+TOKEN_BUDGET = typer.Option(24_576, help="Max KV cache positions per generation batch (rows x (prompt + new tokens), "
+                                           "summed over the cache's tiers of similar prompt lengths).")

@@ -49,7 +49,8 @@ class RunConfig:
     doc_max_tokens: int = option(512, "XSum articles are cut to this many tokens.")
     kqa_max_new_tokens: int = option(32, "New tokens per TriviaQA answer.")
     csum_max_new_tokens: int = option(64, "New tokens per XSum summary.")
-    token_budget: int = option(24_576, "Max rows x (prompt + new tokens) per generation batch.")
+    token_budget: int = option(24_576, "Max KV cache positions per generation batch: rows x (prompt + new tokens), "
+                                        "summed over the cache's tiers of similar prompt lengths.")
     max_batch_size: int = option(64, "Max rows per generation batch.")
     items_per_batch: int = option(8, "Items whose edits are computed first and then generated together.")
     batched_edits: bool = option(True, "Generate several items' edits in one batch (per-row deltas); "

@@ -142,6 +142,26 @@ class GeneratorEncoder:
             out[rows] = self._pooled([replies[i] for i in rows])
         return out
 
+    def _hidden(self, ids, attention):
+        """Hidden states after decoder layer `layer` (numbered from 1), (batch, seq, d).
+
+        Below the last layer the forward stops at that layer (the layers above and the vocabulary
+        projection would be wasted work: 3 of 30 layers for the shipped head's layer 27); the last
+        layer's entry of `hidden_states` is taken as the model reports it (after the final norm in
+        most architectures).
+        """
+        import torch
+
+        from detoxedit.models.suffix import capture_layer_output
+
+        model = self._pair[0]
+        if self.layer < model.config.num_hidden_layers:
+            output = capture_layer_output(model, self.layer - 1, {"input_ids": ids, "attention_mask": attention})
+            return output[0] if isinstance(output, tuple) else output
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model  # no vocabulary projection needed
+        with torch.no_grad():
+            return decoder(input_ids=ids, attention_mask=attention, output_hidden_states=True).hidden_states[self.layer]
+
     def _pooled(self, replies: list[list[int]]) -> np.ndarray:
         import torch
 
@@ -156,10 +176,7 @@ class GeneratorEncoder:
             ids[row, :end] = torch.tensor(prefix + reply)
             attention[row, :end] = 1
             reply_mask[row, len(prefix):end] = 1
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model  # no vocabulary projection needed
-        with torch.no_grad():
-            hidden = decoder(input_ids=ids.to(model.device), attention_mask=attention.to(model.device),
-                             output_hidden_states=True).hidden_states[self.layer].float().cpu()  # (batch, seq, d)
+        hidden = self._hidden(ids.to(model.device), attention.to(model.device)).float().cpu()  # (batch, seq, d)
         mask = reply_mask.unsqueeze(-1)  # (batch, seq, 1)
         return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
 

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from detoxedit.models.chat import ChatFormat
-from detoxedit.models.kernels import generation_kernels
+from detoxedit.models.kernels import TieredKV, generation_kernels, plan_key_groups, tiered_kv_supported
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Batching:
-    """How prompts are grouped: rows * (prompt length + new tokens) stays under the token budget."""
+    """How prompts are grouped: a batch's KV cache positions stay under the token budget (see `plan_batches`)."""
 
     token_budget: int = 24_576
     max_batch_size: int = 64
@@ -90,20 +90,51 @@ def truncate_left(ids: list[int], max_tokens: int | None) -> list[int]:
     return ids[-max_tokens:]
 
 
-def plan_batches(lengths: Sequence[int], max_new_tokens: int, batching: Batching) -> list[list[int]]:
-    """Groups indices, longest first, so each batch's padded size stays under the token budget."""
+def plan_batches(lengths: Sequence[int], max_new_tokens: int, batching: Batching, tiered: bool = False) -> list[list[int]]:
+    """Groups indices, longest first, so each batch's KV positions stay under the token budget.
+
+    A batch's KV positions are rows * (its longest prompt + new tokens) for one padded cache, or,
+    with `tiered` (the fast engine's cache in tiers of similar lengths, see `plan_tiers`), the sum
+    of that over its tiers.
+    """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
-        width = (lengths[current[0]] if current else lengths[index]) + max_new_tokens
-        if current and ((len(current) + 1) * width > batching.token_budget or len(current) >= batching.max_batch_size):
+        candidate = [lengths[i] for i in current] + [lengths[index]]
+        positions = (tier_positions(candidate, max_new_tokens) if tiered
+                     else len(candidate) * (candidate[0] + max_new_tokens))
+        if current and (positions > batching.token_budget or len(current) >= batching.max_batch_size):
             batches.append(current)
             current = []
         current.append(index)
     if current:
         batches.append(current)
     return batches
+
+
+# A tier of the KV cache costs a prefill of its own and an attention call per layer and decoding
+# step; a split into tiers must save at least this many KV positions per extra tier. It also keeps
+# rows that share a long template (similar lengths) in one tier, where their prefix is shared.
+TIER_OVERHEAD_POSITIONS = 2048
+
+
+def plan_tiers(lengths: Sequence[int], overhead: int | None = None) -> list[tuple[int, int]]:
+    """Splits prompt lengths sorted longest first into tiers [lo, hi) with the fewest KV positions.
+
+    Each tier is left-padded to its own longest prompt, so a tier costs rows * (its first length)
+    plus `overhead` (default `TIER_OVERHEAD_POSITIONS`): the same dynamic programme as the decoding
+    attention's key groups.
+    """
+    overhead = TIER_OVERHEAD_POSITIONS if overhead is None else overhead
+    width = lengths[0] if lengths else 0
+    groups = plan_key_groups([width - length for length in lengths], width, overhead) if len(lengths) > 1 else None
+    return [(0, len(lengths))] if groups is None else [(lo, hi) for lo, hi, _ in groups]
+
+
+def tier_positions(lengths: Sequence[int], max_new_tokens: int) -> int:
+    """KV positions of a batch whose lengths are sorted longest first, kept in `plan_tiers` tiers."""
+    return sum((hi - lo) * (lengths[lo] + max_new_tokens) for lo, hi in plan_tiers(lengths))
 
 
 def generate(
@@ -176,7 +207,9 @@ def generate_ids(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(stops[0])
     generator = torch.Generator().manual_seed(sampling.seed)
     results: list[list[int]] = [[] for _ in prompt_ids]
-    batches = plan_batches([len(ids) for ids in prompt_ids], max_new_tokens, batching)
+    lengths = [len(ids) for ids in prompt_ids]
+    tiered = engine == "fast" and _tiers_apply(model, max(lengths) + max_new_tokens)
+    batches = plan_batches(lengths, max_new_tokens, batching, tiered)
     with tqdm(total=len(prompt_ids), desc="generate", unit="reply", disable=not progress or len(batches) < 2) as bar:
         for batch in batches:
             rows = torch.tensor(batch, dtype=torch.long)
@@ -227,26 +260,52 @@ def _generate_batch(
     fast = engine == "fast" and _preallocatable(model, max(map(len, batch)) + max_new_tokens)
     with generation_kernels(model) if fast else contextlib.nullcontext():
         if fast:
-            # Sampled draws follow the row order, which sharing changes: sampling keeps the plain staircase.
-            share = share_prefixes and not sampling.do_sample
-            keys = _row_keys(row_context, rows) if share else list(range(len(batch)))
-            plan = plan_prefill(batch, keys)
-            ordered = [batch[i] for i in plan.order]
-            cache, logits, mask, last_pos = _prefill_staircase(
-                model, ordered, rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
-            cache_rows = rows[plan.order]
+            order, cache, logits, last_pos = _prefill_fast(model, batch, rows, max_new_tokens, row_context, pad_id,
+                                                           share_prefixes and not sampling.do_sample)
+            _, mask = _left_pad([batch[i] for i in order], pad_id)
+            cache_rows = rows[order]
+            mask = mask.to(logits.device)
         else:
-            plan = None
+            order = None
             cache, logits, mask, last_pos = _prefill_padded(model, batch, rows, pad_id, row_context)
             cache_rows = rows
         outputs = _decode(model, cache, logits, mask, last_pos, cache_rows, max_new_tokens, stops, sampling, generator,
                           row_context)
-    if plan is None:
+    if order is None:
         return outputs
     in_order: list[list[int]] = [[] for _ in batch]
-    for position, index in enumerate(plan.order):
+    for position, index in enumerate(order):
         in_order[index] = outputs[position]
     return in_order
+
+
+def _prefill_fast(model, batch, rows, max_new_tokens, row_context, pad_id, share: bool):
+    """The fast engine's prefill: per tier of similar prompt lengths (`plan_tiers`, when the model's
+    attention reads tiers), a staircase with shared prefixes (`plan_prefill`, when `share`; sampled
+    draws follow the row order, which sharing changes, so sampling does not share).
+
+    Returns (cache row order as indices into `batch`, cache, last-position logits, last positions).
+    """
+    by_length = sorted(range(len(batch)), key=lambda i: (-len(batch[i]), i))
+    tiers = [(0, len(batch))]
+    if _tiers_apply(model, len(batch[by_length[0]]) + max_new_tokens):
+        tiers = plan_tiers([len(batch[i]) for i in by_length])
+    order: list[int] = []
+    caches, logits, last_pos = [], [], []
+    for lo, hi in tiers:
+        members = by_length[lo:hi] if len(tiers) > 1 else list(range(len(batch)))
+        tier_rows = rows[members]
+        keys = _row_keys(row_context, tier_rows) if share else list(range(len(members)))
+        plan = plan_prefill([batch[i] for i in members], keys)
+        ordered = [batch[members[i]] for i in plan.order]
+        cache, tier_logits, _, tier_last = _prefill_staircase(
+            model, ordered, tier_rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
+        order += [members[i] for i in plan.order]
+        caches.append((cache, max(map(len, ordered))))
+        logits.append(tier_logits)
+        last_pos.append(tier_last)
+    cache = caches[0][0] if len(caches) == 1 else _tiered_cache(model, caches)
+    return order, cache, torch.cat(logits), torch.cat(last_pos)
 
 
 def _row_keys(row_context: RowContext | None, rows: torch.Tensor) -> list:
@@ -403,6 +462,67 @@ def _preallocatable(model: PreTrainedModel, capacity: int) -> bool:
         or (type(layer) is DynamicSlidingWindowLayer and layer.sliding_window >= capacity)
         for layer in layers
     )
+
+
+def _tiers_apply(model: PreTrainedModel, capacity: int) -> bool:
+    """Whether the fast engine keeps a batch's KV cache in tiers (see `kernels.TieredKV`)."""
+    return tiered_kv_supported(model) and _preallocatable(model, capacity)
+
+
+class _TieredLayer(DynamicLayer):
+    """One layer's KV for decoding, kept in tiers of rows with similar prompt lengths.
+
+    Each tier is a `_PreallocatedLayer` left-padded to its own longest prompt (width w); the batch
+    stands for one cache left-padded to the widest tier (W), so a tier's first key is global key
+    W - w. `update` writes each tier's rows and returns `TieredKV` keys and values, which the
+    decoding attention of `kernels.skip_padded_keys` reads tier by tier. Rows are the tiers' rows in
+    order; finished rows leave their tier, and empty tiers leave the layer.
+    """
+
+    def __init__(self, tiers: Sequence[_PreallocatedLayer], widths: Sequence[int]) -> None:
+        super().__init__()
+        self.tiers, self.widths = list(tiers), list(widths)
+        self.length = max(widths)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[TieredKV, TieredKV]:
+        self.length += key_states.shape[-2]
+        keys, values, lo = [], [], 0
+        for tier, width in zip(self.tiers, self.widths):
+            hi = lo + tier.rows
+            tier_keys, tier_values = tier.update(key_states[lo:hi], value_states[lo:hi])
+            offset = self.length - tier_keys.shape[-2]
+            keys.append((lo, hi, offset, tier_keys))
+            values.append((lo, hi, offset, tier_values))
+            lo = hi
+        shape = (lo, key_states.shape[1], self.length, key_states.shape[3])
+        return TieredKV(tuple(keys), shape), TieredKV(tuple(values), shape)
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keeps rows `indices` (sorted): each tier keeps its own, and tiers left empty are dropped."""
+        kept = indices.tolist()
+        tiers, widths, lo = [], [], 0
+        for tier, width in zip(self.tiers, self.widths):
+            hi = lo + tier.rows
+            local = [row - lo for row in kept if lo <= row < hi]
+            if local:
+                if len(local) < tier.rows:
+                    tier.batch_select_indices(torch.tensor(local, dtype=torch.long))
+                tiers.append(tier)
+                widths.append(width)
+            lo = hi
+        self.tiers, self.widths = tiers, widths
+
+
+def _tiered_cache(model: PreTrainedModel, tiers: Sequence[tuple[DynamicCache, int]]) -> DynamicCache:
+    """One cache over the rows of several prefilled tier caches (given with their prompt widths), in order."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_TieredLayer([tier.layers[i] for tier, _ in tiers], [width for _, width in tiers])
+                    for i in range(len(cache.layers))]
+    return cache
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,19 @@
 
 1. `few_row_linear`: `F.linear(x, W)` computes `x @ W^T`. With few rows in `x` (a decoding step has one row per
 sequence; the last chunks of a staircase prefill have a handful of positions), the CPU BLAS that
-PyTorch uses here runs it far below memory speed: on this project's 2-core machine the whole default
-model (30 layers and the LM head, weights not in cache) took 64 ms a step for 4 rows, while the same
-products written as `(W @ x^T)^T` took 31 ms; for 16..64 rows the second form was 0-25% faster
-(benchmarks/README.md has the tables; this machine's timings vary by 10-20% from run to run). Both
-forms compute the same dot products; here they gave bit-identical results, and greedy replies were
-identical in every check.
+PyTorch uses here runs it far below memory speed: on this project's 2-core machine the products of
+the whole default model (30 layers and the LM head, weights not in cache) took 67-88 ms a step for
+2-3 rows, while the same products written as `(W @ x^T)^T` took 19-27 ms. That second form is fast
+only for some row counts: 2-9, and multiples of 8 (16 rows: 61 against 77 ms), while at 13-15 or
+25-31 rows it was 15-50% slower than `F.linear`; one row runs as a matrix-vector product at 42 ms
+either way, and as two rows (a zero row added) at 19 ms. `weight_first_rows` encodes that measured
+table (benchmarks/README.md). In real decoding one row went from 64 to 37 ms a step; at 13 and 23
+rows the choice was within this machine's noise. Both forms compute the same dot products, and
+greedy replies were identical in every check.
 
-`few_row_linear()` switches every `F.linear` call with at most `max_rows` rows to the second form
-for the duration of a block, whatever the architecture: it intercepts the function, not a module
-type. Layers that do not call `F.linear` (GPT-2's Conv1D) keep their own kernel.
+`few_row_linear()` switches the qualifying `F.linear` calls to the second form for the duration of a
+block, whatever the architecture: it intercepts the function, not a module type. Layers that do not
+call `F.linear` (GPT-2's Conv1D) keep their own kernel.
 
 2. `skip_padded_keys`: in a decoding step every row attends over the batch's whole left-padded
 cache, so a 40-token prompt decoded beside a 1,000-token one reads ~1,000 masked keys per layer and
@@ -19,24 +22,40 @@ step (in the runner's first 5-item batch, 74% of the keys read were padding, and
 third of the decoding time). Inside the block, a decoding step's attention runs per group of
 neighbouring rows, each over the keys from its first non-pad position on: 10-12% less time per
 decoding step there. Masked keys have weight zero, so only the rounding of the softmax sums can differ.
+The same attention reads keys kept in tiers (`TieredKV`): the fast engine's cache for rows of very
+different prompt lengths, which needs a third of the memory of one padded cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-# Up to this many rows the second form was as fast or faster in every measurement; from ~100 rows on
-# it was sometimes slower (250 rows: 541 against 418 ms a model step in one run).
+# Above this many rows `F.linear` was as fast in every measurement (250 rows: 541 against 418 ms a model step).
 FEW_ROWS = 64
 
 
+def weight_first_rows(rows: int, max_rows: int = FEW_ROWS) -> int | None:
+    """How many rows to compute `(W @ x^T)^T` with (zero rows appended), or None to keep `F.linear`.
+
+    The measured table on this machine's BLAS (module docstring): one row is padded to two, 2-9 rows
+    and multiples of 8 take the second form, other counts keep `F.linear`.
+    """
+    if rows < 1 or rows > max_rows:
+        return None
+    if rows == 1:
+        return 2
+    return rows if rows <= 9 or rows % 8 == 0 else None
+
+
 def few_row_linear(max_rows: int = FEW_ROWS) -> TorchFunctionMode:
-    """A context manager: inside it, `F.linear(x, W, b)` over at most `max_rows` rows runs as `(W @ x^T)^T + b`."""
+    """A context manager: inside it, `F.linear(x, W, b)` runs as `(W @ x^T)^T + b` for the row counts
+    `weight_first_rows` picks (at most `max_rows`)."""
     return _WeightFirstLinear(max_rows)
 
 
@@ -57,12 +76,16 @@ class _WeightFirstLinear(TorchFunctionMode):
 
     def _weight_first(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
         """`(W @ x^T)^T + b`, laid out like F.linear's result; None when the call does not qualify."""
-        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] == 0:
+        if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] == 0 or x.dtype != weight.dtype:
             return None
         rows = x.numel() // x.shape[-1]
-        if rows == 0 or rows > self.max_rows or x.dtype != weight.dtype:
+        padded = weight_first_rows(rows, self.max_rows)
+        if padded is None:
             return None
-        out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()  # (rows, out)
+        flat = x.reshape(rows, x.shape[-1])
+        if padded > rows:  # the zero rows only change which BLAS kernel runs; their outputs are dropped
+            flat = torch.cat([flat, flat.new_zeros((padded - rows, flat.shape[1]))])
+        out = torch.mm(weight, flat.t())[:, :rows].t()  # (rows, out)
         if bias is not None:
             out = out + bias
         return out.contiguous().view(*x.shape[:-1], weight.shape[0])
@@ -104,35 +127,75 @@ def skip_padded_keys(model: torch.nn.Module) -> Iterator[None]:
             local["sdpa"] = before
 
 
+@dataclass(frozen=True)
+class TieredKV:
+    """A decoding step's keys (or values) kept in tiers of rows instead of one padded tensor.
+
+    Why: a batch's KV cache padded to its longest prompt wastes most of its memory when 40-token and
+    1,000-token prompts decode together (3x in the runner's first 5-item batch), and that memory is
+    what limits the batch size. The fast engine keeps rows of similar prompt length in one buffer
+    each (`generation._TieredLayer`); `parts` holds, per tier, its rows lo..hi of the batch, the
+    global key position of the tier's first key (`offset`: the tier is left-padded to a narrower
+    width than the batch), and the tier's tensor (rows, kv_heads, keys, head_dim). `shape` is that
+    of the padded tensor the tiers stand for. Only `skip_padded_keys`'s attention accepts it.
+    """
+
+    parts: tuple[tuple[int, int, int, torch.Tensor], ...]
+    shape: tuple[int, int, int, int]
+
+
+def tiered_kv_supported(model: torch.nn.Module) -> bool:
+    """Whether the model's decoding attention goes through `skip_padded_keys`, which reads `TieredKV`."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+
+
 class _RowGroupedAttention:
     """Wraps an attention function: a decoding step (one query per row, a boolean mask) runs per
-    row group over each group's non-pad keys; every other call passes through unchanged."""
+    row group over each group's non-pad keys; keys in tiers (`TieredKV`) run tier by tier, each
+    tier grouped the same way; every other call passes through unchanged."""
 
     def __init__(self, attend: Callable[..., tuple[torch.Tensor, Any]]) -> None:
         self.attend = attend
-        self._plan_for: torch.Tensor | None = None  # the mask the cached plan belongs to (held, so never reused)
-        self._plan: list[tuple[int, int, int]] | None = None
+        self._plan_for: torch.Tensor | None = None  # the step's mask the plans belong to (held, so never reused)
+        self._plans: dict[tuple[int, int, int], list[tuple[int, int, int]] | None] = {}
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
-        groups = self._groups(query, key, attention_mask)
+        if attention_mask is not self._plan_for:  # one set of plans per step: every layer gets the same mask object
+            self._plan_for, self._plans = attention_mask, {}
+        if isinstance(key, TieredKV):
+            outputs = [
+                self._grouped(module, query[lo:hi], keys, values, _mask_from(attention_mask, lo, hi, offset),
+                              (lo, hi, offset), **kwargs)
+                for (lo, hi, offset, keys), (_, _, _, values) in zip(key.parts, value.parts)
+            ]
+            return torch.cat(outputs, dim=0), None
+        return self._grouped(module, query, key, value, attention_mask, (0, query.shape[0], 0), **kwargs), None
+
+    def _grouped(self, module, query, key, value, mask, tier, **kwargs) -> torch.Tensor:
+        groups = self._groups(query, key, mask, tier)
         if groups is None:
-            return self.attend(module, query, key, value, attention_mask, **kwargs)
+            return self.attend(module, query, key, value, mask, **kwargs)[0]
         outputs = [
             self.attend(module, query[lo:hi], key[lo:hi, :, start:], value[lo:hi, :, start:],
-                        attention_mask[lo:hi, :, :, start:], **kwargs)[0]
+                        mask[lo:hi, :, :, start:], **kwargs)[0]
             for lo, hi, start in groups
         ]
-        return torch.cat(outputs, dim=0), None
+        return torch.cat(outputs, dim=0)
 
-    def _groups(self, query, key, mask) -> list[tuple[int, int, int]] | None:
-        """(first row, end row, first key) per group, or None to run the call as it is."""
+    def _groups(self, query, key, mask, tier) -> list[tuple[int, int, int]] | None:
+        """(first row, end row, first key) per group of this tier's rows, or None to run the call as it is."""
         decoding = (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool and mask.dim() == 4
                     and query.shape[2] == 1 and mask.shape[0] == query.shape[0] > 1 and mask.shape[-1] == key.shape[2])
         if not decoding:
             return None
-        if mask is not self._plan_for:  # one plan per step: every layer gets the same mask object
-            self._plan_for, self._plan = mask, plan_key_groups(first_keys(mask), mask.shape[-1], GROUP_OVERHEAD_KEYS)
-        return self._plan
+        if tier not in self._plans:
+            self._plans[tier] = plan_key_groups(first_keys(mask), mask.shape[-1], GROUP_OVERHEAD_KEYS)
+        return self._plans[tier]
+
+
+def _mask_from(mask: torch.Tensor | None, lo: int, hi: int, offset: int) -> torch.Tensor | None:
+    """Rows lo..hi of a 4-D attention mask, from key `offset` on (a tier's keys)."""
+    return None if mask is None else mask[lo:hi, :, :, offset:]
 
 
 def first_keys(mask: torch.Tensor) -> list[int]:
