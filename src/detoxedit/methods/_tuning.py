@@ -137,20 +137,18 @@ class Objective:
         example = self.edit if key == "edit" else self.kl
         return self._runs[key].predicting_logits(example.target_len, weight).float()  # (1, target, vocab)
 
-    def parts(self, weight: torch.Tensor, unchanged: bool = False) -> dict[str, torch.Tensor]:
+    def parts(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss parts for the trained copy `weight`: nll (edit target), kl, and total.
 
-        `unchanged` says `weight` still equals the original (the first step). The KL of the original
-        against itself is 0 and so is its gradient (softmax(z) - p with z the original's logits), so
-        that term is not computed: one LM-head pass forwards and backwards over the constraint fewer.
+        The KL term is computed at the first step too, although its exact value and gradient are 0
+        there: skipping it changed the deltas by up to 6e-3 relative (benchmarks/README.md), since
+        Adam's first step divides each gradient element by its own size and so amplifies rounding.
         """
         logits = self._target_logits("edit", weight)
         targets = self.edit.input_ids[:, -self.edit.target_len:].to(logits.device)  # (1, target)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         parts = {"nll": nll, "loss": self.edit_weight * nll}
-        if self._kl_probs is not None and unchanged:
-            parts["kl"] = torch.zeros((), device=logits.device)
-        elif self._kl_probs is not None:
+        if self._kl_probs is not None:
             with contextlib.nullcontext() if self.kl_grad else torch.no_grad():
                 edited = F.log_softmax(self._target_logits("kl", weight), dim=-1)  # (1, answer, vocab)
                 kl = (self._kl_neg_entropy - (self._kl_probs * edited).sum(-1)).mean()  # sum p (log p - log q)
@@ -205,7 +203,7 @@ def tune(
     parts_log: list[dict[str, float]] = []
     with frozen(objective.model):
         for step in tqdm(range(steps), desc=f"edit {context}", unit="step", leave=False, disable=None):
-            parts = objective.parts(weight, unchanged=step == 0)
+            parts = objective.parts(weight)
             loss = parts["loss"]
             _check_finite(loss, context, step)
             losses.append(loss.item())
