@@ -263,6 +263,29 @@ def test_the_edited_layer_is_cached_when_it_is_additive(family):
         torch.testing.assert_close(run.logits(3), model(input_ids=ids).logits[:, -3:], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_last_layers_mlp_runs_only_where_logits_are_kept(family):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    name = adapter.down_proj_name(1)
+    weight = dict(model.named_parameters())[name].detach() * 1.3
+    seen: list[int] = []
+    handle = adapter.mlp(adapter.num_layers - 1).register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    try:
+        with torch.no_grad():
+            got = SuffixForward(model, 1, inputs, param_name=name).predicting_logits(3, weight)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        full = SuffixForward(model, 1, inputs, enabled=False, param_name=name)
+        full._keep_supported = False  # the plain path: every position through every layer
+        expected = full.predicting_logits(3, weight)
+    assert seen == [3]  # the three positions that predict the last three tokens
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_layer_with_a_norm_after_the_mlp_runs_whole():
     """Gemma 2 normalises the MLP output before adding it: not additive, so no edited-layer cache."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
