@@ -254,7 +254,7 @@ def test_tiered_layer_writes_each_tier_and_drops_emptied_tiers() -> None:
     wide, narrow = _PreallocatedLayer(capacity=6), _PreallocatedLayer(capacity=4)
     wide.update(torch.ones(1, 1, 4, 2), torch.ones(1, 1, 4, 2))  # one row of a 4-token prompt
     narrow.update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))  # two rows of 2-token prompts
-    layer = _TieredLayer([wide, narrow], [4, 2])
+    layer = _TieredLayer([wide, narrow], 4)
     step = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, 2)
     keys, values = layer.update(step, -step)
     assert keys.shape == (3, 1, 5, 2) and layer.get_seq_length() == 5
@@ -273,7 +273,8 @@ def forced_tiers(monkeypatch):
     monkeypatch.setattr(generation, "TIER_OVERHEAD_POSITIONS", 0)
     counts: list[int] = []
     real = generation._tiered_cache
-    monkeypatch.setattr(generation, "_tiered_cache", lambda model, tiers: counts.append(len(tiers)) or real(model, tiers))
+    monkeypatch.setattr(generation, "_tiered_cache",
+                        lambda model, tiers, width: counts.append(len(tiers)) or real(model, tiers, width))
     return counts
 
 

@@ -293,7 +293,7 @@ def _prefill_fast(model, batch, rows, max_new_tokens, row_context, pad_id, share
     order: list[int] = []
     caches, logits, last_pos = [], [], []
     for lo, hi in tiers:
-        members = by_length[lo:hi] if len(tiers) > 1 else list(range(len(batch)))
+        members = by_length[lo:hi]
         tier_rows = rows[members]
         keys = _row_keys(row_context, tier_rows) if share else list(range(len(members)))
         plan = plan_prefill([batch[i] for i in members], keys)
@@ -301,10 +301,10 @@ def _prefill_fast(model, batch, rows, max_new_tokens, row_context, pad_id, share
         cache, tier_logits, _, tier_last = _prefill_staircase(
             model, ordered, tier_rows[plan.order], plan.segments, max_new_tokens, row_context, pad_id)
         order += [members[i] for i in plan.order]
-        caches.append((cache, max(map(len, ordered))))
+        caches.append(cache)
         logits.append(tier_logits)
         last_pos.append(tier_last)
-    cache = caches[0][0] if len(caches) == 1 else _tiered_cache(model, caches)
+    cache = caches[0] if len(caches) == 1 else _tiered_cache(model, caches, len(batch[by_length[0]]))
     return order, cache, torch.cat(logits), torch.cat(last_pos)
 
 
@@ -479,16 +479,16 @@ class _TieredLayer(DynamicLayer):
     order; finished rows leave their tier, and empty tiers leave the layer.
     """
 
-    def __init__(self, tiers: Sequence[_PreallocatedLayer], widths: Sequence[int]) -> None:
+    def __init__(self, tiers: Sequence[_PreallocatedLayer], width: int) -> None:
         super().__init__()
-        self.tiers, self.widths = list(tiers), list(widths)
-        self.length = max(widths)
+        self.tiers = list(tiers)
+        self.length = width  # the widest tier's prompt width, then + 1 per decoding step
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[TieredKV, TieredKV]:
         self.length += key_states.shape[-2]
         keys, values, lo = [], [], 0
-        for tier, width in zip(self.tiers, self.widths):
+        for tier in self.tiers:
             hi = lo + tier.rows
             tier_keys, tier_values = tier.update(key_states[lo:hi], value_states[lo:hi])
             offset = self.length - tier_keys.shape[-2]
@@ -504,24 +504,22 @@ class _TieredLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keeps rows `indices` (sorted): each tier keeps its own, and tiers left empty are dropped."""
         kept = indices.tolist()
-        tiers, widths, lo = [], [], 0
-        for tier, width in zip(self.tiers, self.widths):
+        tiers, lo = [], 0
+        for tier in self.tiers:
             hi = lo + tier.rows
             local = [row - lo for row in kept if lo <= row < hi]
             if local:
                 if len(local) < tier.rows:
                     tier.batch_select_indices(torch.tensor(local, dtype=torch.long))
                 tiers.append(tier)
-                widths.append(width)
             lo = hi
-        self.tiers, self.widths = tiers, widths
+        self.tiers = tiers
 
 
-def _tiered_cache(model: PreTrainedModel, tiers: Sequence[tuple[DynamicCache, int]]) -> DynamicCache:
-    """One cache over the rows of several prefilled tier caches (given with their prompt widths), in order."""
+def _tiered_cache(model: PreTrainedModel, tiers: Sequence[DynamicCache], width: int) -> DynamicCache:
+    """One cache over the rows of several prefilled tier caches, in order; `width` is the longest prompt."""
     cache = DynamicCache(config=model.config)
-    cache.layers = [_TieredLayer([tier.layers[i] for tier, _ in tiers], [width for _, width in tiers])
-                    for i in range(len(cache.layers))]
+    cache.layers = [_TieredLayer([tier.layers[i] for tier in tiers], width) for i in range(len(cache.layers))]
     return cache
 
 

@@ -173,7 +173,10 @@ class SuffixForward:
         self.layer = layer
         self.inputs = inputs
         self.param_name = param_name
-        self.layers = get_adapter(model).layers
+        adapter = get_adapter(model)
+        self.layers = adapter.layers
+        # The last layer's MLP, when it lies above the edited layer (see `_last_mlp_only_at`).
+        self._last_mlp = adapter.mlp(adapter.num_layers - 1) if layer < adapter.num_layers - 1 else None
         self.cached = None
         if enabled and layer > 0:
             self.cached = prefix if prefix is not None else capture_layer_output(model, layer - 1, inputs)
@@ -270,12 +273,11 @@ class SuffixForward:
         come from every position (its attention is untouched). The MLP is position-wise, so the kept
         positions get the same numbers; the others get zeros.
         """
-        last = len(self.layers) - 1
-        if last <= self.layer:  # the last layer is the edited (cached) one, or below it
+        if self._last_mlp is None:  # the last layer is the edited (cached) one
             return contextlib.nullcontext()
         seq = self.inputs["input_ids"].shape[-1]
         positions = keep if isinstance(keep, torch.Tensor) else torch.arange(max(seq - keep, 0), seq)
-        return _positions_only(get_adapter(self.model).mlp(last), positions.to(self.inputs["input_ids"].device), seq)
+        return _positions_only(self._last_mlp, positions.to(self.inputs["input_ids"].device), seq)
 
 
 @contextlib.contextmanager
@@ -291,9 +293,9 @@ def _positions_only(module: nn.Module, positions: torch.Tensor, seq: int) -> Ite
         return (x.index_select(1, positions), *args[1:]) if narrowed[0] else None
 
     def widen(mod: nn.Module, args: tuple, out: Any) -> Any:
-        hidden = _first(out)
-        if not narrowed[0] or hidden.dim() != 3 or hidden.shape[1] != len(positions):
+        if not narrowed[0]:
             return out
+        hidden = _first(out)
         full = hidden.new_zeros((hidden.shape[0], seq, hidden.shape[2])).index_copy(1, positions, hidden)
         return _with_first(out, full)
 
