@@ -84,15 +84,18 @@ class TextGenerator:
         if self.char_slice:
             return [char_sliced_reply(self.tokenizer, f.render(p), e, n) for f, p, e, n in zip(formats, prompts, encoded, new_ids)]
         stops = stop_token_ids(self.model, self.tokenizer)
-        return [decode_reply(self.tokenizer, ids, stops) for ids in new_ids]
+        return [fmt.cut_reply(decode_reply(self.tokenizer, ids, stops)) for fmt, ids in zip(formats, new_ids)]
 
     def _format(self, system_prompt: str | None) -> ChatFormat:
         return ChatFormat(self.tokenizer, self.chat_format, system_prompt or self.system_prompt)
 
     def settings(self) -> dict:
         """What the replies depend on besides the model and the prompt (a generation-cache key part)."""
-        return {
+        settings = {
             "chat_format": self.chat_format, "system_prompt": self.system_prompt,
             "max_input_tokens": self.max_input_tokens, "sampling": asdict(self.sampling),
             "char_slice": self.char_slice,
         }
+        if self._format(None).resolved_mode == "plain":  # plain replies are cut at the next "User:" turn
+            settings["cut_at_user_turn"] = True
+        return settings

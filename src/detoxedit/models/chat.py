@@ -6,6 +6,7 @@ Modes:
     plain     a documented format for base models:
                   "{system}\\n\\n" (only with a system prompt)
                   "User: {message}\\nAssistant:"
+              a base model goes on to write the next "\\nUser:" turn itself; replies are cut there.
     raw       the message untouched, as the reference code (EasyEdit) feeds it.
 
 A chat template renders its own special tokens (BOS, <|im_start|>, ...), so its text must be
@@ -66,7 +67,19 @@ class ChatFormat:
         """Token ids of the rendered prompt."""
         return self.tokenizer(self.render(message), add_special_tokens=self.add_special_tokens)["input_ids"]
 
+    def cut_reply(self, reply: str) -> str:
+        """The reply up to the next turn a base model writes itself in plain mode ("\\nUser:")."""
+        if self.resolved_mode != "plain":
+            return reply
+        return _cut_at_turn(reply)
+
     def encode_reply(self, reply: str) -> list[int]:
         """Token ids of a reply that follows a rendered prompt (no BOS; a leading space for plain mode)."""
         text = f" {reply}" if self.resolved_mode == "plain" and not reply.startswith((" ", "\n")) else reply
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _cut_at_turn(reply: str) -> str:
+    """Drops everything from the first line that starts a new "User:" turn."""
+    cut = reply.find("\n" + PLAIN_USER.rstrip())
+    return reply if cut < 0 else reply[:cut].rstrip()

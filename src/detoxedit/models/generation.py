@@ -167,7 +167,8 @@ def generate(
         sampling=sampling, batching=batching, progress=progress, row_context=row_context,
         engine=engine,
     )
-    return [decode_reply(tokenizer, ids, stop_token_ids(model, tokenizer)) for ids in token_lists]
+    stops = stop_token_ids(model, tokenizer)
+    return [fmt.cut_reply(decode_reply(tokenizer, ids, stops)) for ids in token_lists]
 
 
 def decode_reply(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_ids: set[int]) -> str:

