@@ -50,15 +50,17 @@ def setup(args: argparse.Namespace, n_items: int, max_new_tokens: int):
     from detoxedit.judges.base import load_judge
     from detoxedit.methods.base import build_method
     from detoxedit.models import load_model
-    from detoxedit.runner import load_items, resolve_method_settings
+    from detoxedit.runner import load_items
+    from detoxedit.settings import resolve_settings
 
     torch.set_num_threads(args.threads)
-    values, preset, _ = resolve_method_settings("dinm", "default", None, [])
+    settings = resolve_settings("dinm", "default")
     budget = {"token_budget": args.token_budget} if args.token_budget else {}
-    cfg = RunConfig(data=str(args.data), method="dinm", method_config=values, preset=preset, limit=n_items,
-                    max_new_tokens=max_new_tokens, judge=args.judge, progress=False, items_per_batch=n_items, **budget)
+    cfg = RunConfig(data=str(args.data), method="dinm", method_config=settings.method_config, preset=settings.preset,
+                    limit=n_items, max_new_tokens=max_new_tokens, judge=args.judge, progress=False,
+                    items_per_batch=n_items, **budget)
     model, tokenizer = load_model("default")
-    method = build_method("dinm", values)
+    method = build_method("dinm", settings.method_config)
     return model, tokenizer, load_judge(args.judge), method, cfg, load_items(cfg)
 
 

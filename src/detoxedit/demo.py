@@ -20,9 +20,6 @@ from detoxedit.config import option
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PRESET = "smollm2-135m"
-"""The DINM hyperparameters of the default model (``src/detoxedit/presets/smollm2-135m.yaml``)."""
-
 SHOWN_METRICS: tuple[str, ...] = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg",
                                   "Fluency", "KQA", "KQA_contains", "Csum")
 
@@ -58,15 +55,13 @@ def default_judge() -> str:
 
 
 def dinm_settings() -> tuple[dict[str, Any], str | None]:
-    """DINM values of the default model's preset (or DINM's defaults, with a warning, if it is missing)."""
-    from detoxedit.config import preset_names
-    from detoxedit.runner import resolve_method_settings
+    """DINM values of the default model's preset (DINM's defaults, with a warning, if none names it)."""
+    from detoxedit.settings import resolve_settings
 
-    preset = DEFAULT_PRESET if DEFAULT_PRESET in preset_names() else None
-    if preset is None:
-        logger.warning("Preset %s not found; DINM runs with its default hyperparameters", DEFAULT_PRESET)
-    values, used, _ = resolve_method_settings("dinm", "default", preset, [])
-    return values, used
+    settings = resolve_settings("dinm", "default")
+    if settings.preset is None:
+        logger.warning("No shipped preset names the default model; DINM runs with its default hyperparameters")
+    return settings.method_config, settings.preset
 
 
 def demo_config(settings: DemoSettings):

@@ -1,10 +1,14 @@
-"""The one evaluation runner: vanilla replies, then per item edit -> generate -> judge -> restore.
+"""The one evaluation runner: vanilla replies, then the method's edits -> generate -> judge -> restore.
 
-`evaluate` (method "none") and `run` (an edit method) are the same protocol; a method only plugs in
-through `EditMethod.execute -> Edit`. Per item the model stays unchanged: the item's deltas are
-either added per row inside a batched generation (`RowDeltas`, several items at once) or applied
-around a per-item generation (`applied`). Weights the deltas name are checksummed at the start
-and verified after every batch of items; any mismatch aborts with RestoreError.
+`evaluate` (method "none") and `run` (any registered method) are the same protocol; a method plugs
+in only through the `EditMethod` lifecycle (`methods/base.py`): `prepare` once, then either
+`execute` per item (per-item scope: edit from the original model, evaluate, restore) or `fit` once
+(global scope: every item evaluated with the one fitted edit, which is saved in the run folder so
+a resumed run does not fit again). The model itself never changes: the deltas are either added per
+row inside a batched generation (`RowDeltas`, several items at once) or applied around a per-item
+generation (`applied`). The weights a method declares it may write (`EditMethod.writes`) are
+checksummed at the start and verified after every batch of items; any mismatch aborts with
+RestoreError.
 
 A run folder holds config.json, generations.jsonl, items.jsonl, general.jsonl (with --general),
 metrics.json and report.md. Re-running the same command continues where it stopped.
@@ -20,11 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from detoxedit import __version__
-from detoxedit.config import config_to_dict, load_preset, preset_names, write_resolved_config
+from detoxedit.config import config_to_dict, write_resolved_config
 from detoxedit.data import SafeEditItem, load_safeedit
 from detoxedit.errors import DetoxeditError
 from detoxedit.evaluation.config import RunConfig, config_differences
@@ -32,14 +35,14 @@ from detoxedit.evaluation.general import general_records, general_tasks
 from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn
 from detoxedit.evaluation.scoring import summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
-from detoxedit.methods.base import Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
+from detoxedit.methods.base import GLOBAL, Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
 from detoxedit.models.generation import Batching, Sampling
 from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
 
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("config.json", "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json", "report.md",
-             "first_edit.pt", "layer_histogram.png", "distance_profile.png")
+             "first_edit.pt", "fitted_edit.pt", "layer_histogram.png", "distance_profile.png")
 VANILLA_CHUNK = 512  # prompts per vanilla generation job; each finished chunk is cached on disk
 
 
@@ -49,84 +52,7 @@ class RunResult:
     metrics: dict[str, Any]
 
 
-# ---------------------------------------------------------------- configs, presets, folders
-
-
-def parse_set_values(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["lr=5e-4", "layer=12"]` -> {"lr": 0.0005, "layer": 12}; values parsed as YAML, then numbers."""
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise DetoxeditError(f"--set expects key=value, got {pair!r}")
-        values[key.strip()] = _parse_value(raw.strip())
-    return values
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        return raw
-    if isinstance(value, str):
-        for cast in (int, float):
-            try:
-                return cast(value)
-            except ValueError:
-                pass
-    return value
-
-
-def find_model_preset(model: str) -> str | None:
-    """The shipped preset whose `model` key names this model spec (e.g. "default"), if any."""
-    for name in preset_names():
-        if load_preset(name).get("model") == model:
-            return name
-    return None
-
-
-def method_values_from_preset(preset: dict[str, Any], method: str, source: str) -> dict[str, Any]:
-    """The preset's section for `method` (accepting "ft-l" or "ft_l" spellings)."""
-    sections = preset.get("methods") or {}
-    if not isinstance(sections, dict):
-        raise DetoxeditError(f"preset {source}: 'methods' must be a mapping of method name -> settings")
-    for key in (method, method.replace("-", "_"), method.replace("_", "-")):
-        if key in sections:
-            return dict(sections[key] or {})
-    return {}
-
-
-def resolve_method_settings(
-    method: str, model: str, preset: str | None, set_pairs: Sequence[str], easyedit_compat: bool = False
-) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
-    """Method config = preset section (given, else the shipped preset of `model`) + `--set` overrides.
-
-    With `easyedit_compat`, a method whose config has an `easyedit_compat` field gets it switched on
-    (unless `--set` says otherwise), so one flag reproduces the reference end to end.
-
-    Returns:
-        (method config values, preset name or path used, the preset's `generation` settings).
-    """
-    preset = preset or find_model_preset(model)
-    values: dict[str, Any] = {}
-    generation: dict[str, Any] = {}
-    if preset:
-        data = load_preset(preset)
-        generation = dict(data.get("generation") or {})
-        if method != "none":
-            values = method_values_from_preset(data, method, str(preset))
-    if easyedit_compat and "easyedit_compat" in _config_fields(method):
-        values["easyedit_compat"] = True
-    return values | parse_set_values(set_pairs), preset, generation
-
-
-def _config_fields(method: str) -> set[str]:
-    import dataclasses
-
-    import detoxedit.methods  # noqa: F401  (registers the built-in methods)
-    from detoxedit.methods.base import METHODS
-
-    return {f.name for f in dataclasses.fields(METHODS.get(method).config_class)}
+# ---------------------------------------------------------------- folders
 
 
 def check_run_folder(folder: Path, resolved: dict[str, Any], overwrite: bool) -> bool:
@@ -183,9 +109,10 @@ def model_fingerprint(model: torch.nn.Module, tokenizer: Any) -> str:
 class Runner:
     """Runs one config into one folder; see the module docstring for the protocol."""
 
-    def __init__(self, cfg: RunConfig, folder: Path, model, tokenizer, judge, method: EditMethod | None) -> None:
+    def __init__(self, cfg: RunConfig, folder: Path, model, tokenizer, judge, method: EditMethod,
+                 train_items: Sequence[SafeEditItem] = ()) -> None:
         self.cfg, self.folder, self.model, self.tokenizer = cfg, folder, model, tokenizer
-        self.judge, self.method = judge, method
+        self.judge, self.method, self.train_items = judge, method, list(train_items)
         self.generations = JsonlLog(folder / "generations.jsonl")
         self.items_log = JsonlLog(folder / "items.jsonl")
         self.general_log = JsonlLog(folder / "general.jsonl")
@@ -207,7 +134,7 @@ class Runner:
     def run(self, items: list[SafeEditItem]) -> dict[str, Any]:
         self._clean_logs()
         self.vanilla(items)
-        if self.method is not None:
+        if self.method.changes_model:
             self.edits(items)
         if self.cfg.general:
             self.general(items)
@@ -278,13 +205,13 @@ class Runner:
     # -- edits
 
     def edits(self, items: list[SafeEditItem]) -> None:
-        """Per item: execute -> generate with the deltas -> judge -> verify the model is unchanged."""
+        """Per batch of items: each item's edit -> generate with it -> judge -> verify the model is unchanged."""
         records = self.items_log.read()
         finished = {str(r["item_id"]) for r in records}
         todo = [item for item in items if str(item.id) not in finished]
         if not todo:
             return
-        self.method.start_run(records)
+        self.method.prepare(self.model, self.tokenizer, self.train_items, records)
         self._take_checksums()
         first_id = str(items[0].id)
         with tqdm(total=len(items), initial=len(items) - len(todo), desc=f"edit ({self.cfg.method})",
@@ -293,24 +220,38 @@ class Runner:
                 self._edit_batch(batch, save_first=first_id)
                 bar.update(len(batch))
 
-    def _take_checksums(self) -> None:
-        """Checksums of every MLP weight (where edit methods write), taken once before any edit."""
-        from detoxedit.models.adapter import get_adapter
+    def _edit_for(self, item: SafeEditItem) -> Edit:
+        """The edit `item` is evaluated with: its own (per-item scope) or the run's fitted one (global scope)."""
+        if self.method.scope == GLOBAL:
+            return self._fitted()
+        return self.method.execute(self.model, self.tokenizer, item)
 
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        try:
-            adapter = get_adapter(self.model)
-            params = [p for i in range(adapter.num_layers) for p in adapter.mlp(i).parameters()]
-        except DetoxeditError:
-            params = []
-        self.checksums |= {names[id(p)]: weight_checksum(p) for p in params if names[id(p)] not in self.checksums}
+    def _fitted(self) -> Edit:
+        """A global method's edit: fitted once per run and kept in the folder (a resumed run reloads it)."""
+        path = self.folder / "fitted_edit.pt"
+        if getattr(self, "_fitted_edit", None) is None:
+            if path.is_file():
+                self._fitted_edit = _load_edit(path)
+            else:
+                logger.info("Fitting %s on %d training items", self.cfg.method, len(self.train_items))
+                self._fitted_edit = self.method.fit(self.model, self.tokenizer, self.train_items)
+                self._verify(list(self._fitted_edit.deltas), f"after {self.cfg.method} fit")
+                _save_edit(self._fitted_edit, path)
+        return self._fitted_edit
+
+    def _take_checksums(self) -> None:
+        """Checksums of every weight the method may write (`EditMethod.writes`), taken once before any edit."""
+        params = dict(self.model.named_parameters())
+        names = [n for n in self.method.writes(self.model) if n not in self.checksums]
+        self.checksums |= {name: weight_checksum(params[name]) for name in names}
 
     def _verify(self, names: Sequence[str], context: str) -> None:
         """Raises RestoreError when a weight named by a delta differs from its checksum at the start."""
         params = dict(self.model.named_parameters())
         for name in names:
             if name not in self.checksums:
-                logger.warning("No start checksum for %s (outside the MLPs); taking it now", name)
+                logger.warning("No start checksum for %s (outside what %s declares it writes); taking it now",
+                               name, self.cfg.method)
                 self.checksums[name] = weight_checksum(params[name])
             elif weight_checksum(params[name]) != self.checksums[name]:
                 raise RestoreError(f"{context}: weight {name} no longer matches its checksum from the start of "
@@ -320,12 +261,12 @@ class Runner:
         edits, times = [], []
         for item in batch:
             start = time.perf_counter()
-            edit = self.method.execute(self.model, self.tokenizer, item)
+            edit = self._edit_for(item)
             times.append({"execute": time.perf_counter() - start})
             self._verify(list(edit.deltas), f"item {item.id}: after {self.cfg.method} execute")
             edits.append(edit)
-            if str(item.id) == save_first and self.cfg.general:
-                torch.save({"deltas": edit.deltas, "system_prompt": edit.system_prompt}, self.folder / "first_edit.pt")
+            if str(item.id) == save_first and self.cfg.general and self.method.scope != GLOBAL:
+                _save_edit(edit, self.folder / "first_edit.pt")
         start = time.perf_counter()
         replies = self._generate_edited(batch, edits)
         generate_s = time.perf_counter() - start
@@ -350,12 +291,14 @@ class Runner:
         batched = self.cfg.batched_edits and all(supports_row_deltas(self.model, e.deltas) for e in edits)
         if not batched:
             return [self._generate_applied(item, edit, texts) for item, edit, texts in zip(batch, edits, inputs)]
+        distinct = list({id(e): e for e in edits}.values())  # a global method's items share one edit (one owner)
+        owner_of = {id(e): owner for owner, e in enumerate(distinct)}
         prompts, owners, systems = [], [], []
-        for owner, (edit, texts) in enumerate(zip(edits, inputs)):
-            prompts += list(texts.values())
-            owners += [owner] * len(texts)
+        for edit, texts in zip(edits, inputs):
+            prompts += [edit.wrap(text) for text in texts.values()]
+            owners += [owner_of[id(edit)]] * len(texts)
             systems += [edit.system_prompt] * len(texts)
-        context = RowDeltas(self.model, [e.deltas for e in edits], owners)
+        context = RowDeltas(self.model, [e.deltas for e in distinct], owners)
         replies = iter(self.generator(prompts, self.cfg.max_new_tokens, row_context=context,
                                       system_prompts=systems, progress=False))
         return [{kind: next(replies) for kind in texts} for texts in inputs]
@@ -363,7 +306,8 @@ class Runner:
     def _generate_applied(self, item: SafeEditItem, edit: Edit, texts: dict[str, str]) -> dict[str, str]:
         systems = [edit.system_prompt] * len(texts)
         with applied(self.model, edit.deltas, context=f"item {item.id}: "):
-            replies = self.generator(list(texts.values()), self.cfg.max_new_tokens, system_prompts=systems, progress=False)
+            replies = self.generator([edit.wrap(t) for t in texts.values()], self.cfg.max_new_tokens,
+                                     system_prompts=systems, progress=False)
         return dict(zip(texts, replies))
 
     def _write_item(self, item, edit: Edit, replies: dict[str, str], scores, labels, timing, batch_size: int) -> None:
@@ -376,7 +320,7 @@ class Runner:
             "item_id": item.id, "category": item.unsafety_category, "attack_name": item.attack_name,
             "layer": edit.layer, "losses": [float(x) for x in edit.losses],
             "relative_change": edit.relative_change(self.model), "time_s": timing, "batch_size": batch_size,
-            "system_prompt": edit.system_prompt, "info": edit.info,
+            "system_prompt": edit.system_prompt, "user_suffix": edit.user_suffix, "info": edit.info,
         }])
 
     # -- general ability
@@ -384,7 +328,7 @@ class Runner:
     def general(self, items: list[SafeEditItem]) -> None:
         """KQA and Csum for the vanilla model and for the model edited from the first item."""
         done = {r["variant"] for r in self.general_log.read()}
-        needed = ["vanilla"] + (["edited"] if self.method is not None else [])
+        needed = ["vanilla"] + (["edited"] if self.method.changes_model else [])
         if all(v in done for v in needed):
             return
         cfg = self.cfg
@@ -394,19 +338,36 @@ class Runner:
             logger.info("General ability (vanilla): %d prompts", len(tasks))
             self.general_log.append(general_records(tasks, self._cached_generate, "vanilla", budgets))
         if "edited" in needed and "edited" not in done:
-            logger.info("General ability (edited from item %s): %d prompts", items[0].id, len(tasks))
-            deltas, system_prompt = self._first_edit(items[0])
-            with applied(self.model, deltas, context="general ability: "):
-                generate = lambda prompts, n: self.generator(prompts, n, system_prompts=[system_prompt] * len(prompts))  # noqa: E731
+            what = "fitted" if self.method.scope == GLOBAL else f"edited from item {items[0].id}"
+            logger.info("General ability (%s): %d prompts", what, len(tasks))
+            edit = self._first_edit(items[0])
+            with applied(self.model, edit.deltas, context="general ability: "):
+                def generate(prompts: list[str], n: int) -> list[str]:
+                    return self.generator([edit.wrap(p) for p in prompts], n,
+                                          system_prompts=[edit.system_prompt] * len(prompts))
                 self.general_log.append(general_records(tasks, generate, "edited", budgets))
 
-    def _first_edit(self, item: SafeEditItem) -> tuple[dict[str, torch.Tensor], str | None]:
+    def _first_edit(self, item: SafeEditItem) -> Edit:
+        """The edit general ability is measured with: the fitted one, or the first item's (kept in the folder)."""
+        if self.method.scope == GLOBAL:
+            return self._fitted()
         path = self.folder / "first_edit.pt"
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return saved["deltas"], saved["system_prompt"]
-        edit = self.method.execute(self.model, self.tokenizer, item)
-        return edit.deltas, edit.system_prompt
+            return _load_edit(path)
+        self.method.prepare(self.model, self.tokenizer, self.train_items, self.items_log.read())
+        return self.method.execute(self.model, self.tokenizer, item)
+
+
+def _save_edit(edit: Edit, path: Path) -> None:
+    """What generation needs of an edit (deltas, prompt-side changes), kept in the run folder."""
+    torch.save({"deltas": edit.deltas, "system_prompt": edit.system_prompt, "user_suffix": edit.user_suffix,
+                "layer": edit.layer}, path)
+
+
+def _load_edit(path: Path) -> Edit:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return Edit(saved["deltas"], layer=saved.get("layer"), system_prompt=saved.get("system_prompt"),
+                user_suffix=saved.get("user_suffix"))
 
 
 def _generation_record(item: SafeEditItem, variant: str, kind: str, prompt: str, reply: str, score: float, label: float) -> dict:
@@ -446,9 +407,9 @@ def run_protocol(
     from detoxedit.judges.base import load_judge
 
     folder = Path(folder)
-    if method is None and cfg.is_edit_run:
-        method = build_method(cfg.method, cfg.method_config)
+    method = method if method is not None else build_method(cfg.method, cfg.method_config)
     items = load_items(cfg)
+    train_items = load_safeedit(cfg.train) if cfg.train else []
     resolved = resolved_config(cfg)
     resumed = check_run_folder(folder, resolved, overwrite)
     if model is None:
@@ -458,7 +419,7 @@ def run_protocol(
     judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold)
     write_resolved_config(resolved, folder)
     logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items), cfg.method)
-    metrics = Runner(cfg, folder, model, tokenizer, judge, method if cfg.is_edit_run else None).run(items)
+    metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items)
     if report:
         from detoxedit.report import write_run_report
 

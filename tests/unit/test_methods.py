@@ -13,6 +13,7 @@ import detoxedit.methods._tuning as tuning
 from detoxedit.errors import ConfigError, DetoxeditError
 from detoxedit.locate import Localisation
 from detoxedit.methods import METHODS, applied, apply_deltas, build_method, restore_weights
+from detoxedit.methods.base import GLOBAL, SCOPES, Edit
 from detoxedit.methods._tuning import Objective, encode_example, frozen
 from detoxedit.methods.base import weight_checksum
 from detoxedit.methods.dinm import REFERENCE_SUFFIX, DINMConfig
@@ -39,16 +40,31 @@ def quick(name: str, **extra) -> object:
 # ------------------------------------------------------------------ invariants, every method
 
 
+def produce(method, model, tok, item) -> Edit:
+    """The method's edit through its lifecycle: `execute` per item, or `fit` on training items (global scope)."""
+    method.prepare(model, tok, [item])
+    return method.fit(model, tok, [item]) if method.scope == GLOBAL else method.execute(model, tok, item)
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_execute_leaves_every_weight_bit_identical(name, family):
     model, tok = tiny_model(family), tiny_tokenizer()
     before = checksums(model)
     grad_flags = [p.requires_grad for p in model.parameters()]
-    quick(name).execute(model, tok, make_item())
+    edit = produce(quick(name), model, tok, make_item())
     assert checksums(model) == before
     assert [p.requires_grad for p in model.parameters()] == grad_flags
     assert all(p.grad is None for p in model.parameters())
+    writable = set(quick(name).writes(model))
+    assert set(edit.deltas) <= writable  # a method writes only where it declares (what the runner checksums)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_declares_a_known_scope(name):
+    cls = METHODS.get(name)
+    assert cls.scope in SCOPES
+    assert METHODS.canonical(cls.name) == name
 
 
 @pytest.mark.parametrize("name", ["dinm", "ft-l"])
@@ -128,20 +144,20 @@ def fake_locate(monkeypatch):
 def test_faithful_mode_locates_each_item(tiny_llama, fake_locate):
     model, tok = tiny_llama
     method = quick("dinm")
-    method.start_run()
+    method.prepare(model, tok)
     layers = [method.execute(model, tok, make_item(i)).layer for i in (1, 2, 3)]
     assert layers == [1, 2, 3]
     assert [c[0] for c in fake_locate] == [1, 2, 3]
 
 
-def test_compat_mode_reuses_the_first_items_layer_until_start_run(tiny_llama, fake_locate):
+def test_compat_mode_reuses_the_first_items_layer_until_prepare(tiny_llama, fake_locate):
     model, tok = tiny_llama
     method = quick("dinm", easyedit_compat=True)
-    method.start_run()
+    method.prepare(model, tok)
     layers = [method.execute(model, tok, make_item(i)).layer for i in (1, 2, 3)]
     assert layers == [1, 1, 1]
     assert fake_locate == [(1, "easyedit")]
-    method.start_run()
+    method.prepare(model, tok)
     assert method.execute(model, tok, make_item(2)).layer == 2
 
 
@@ -149,11 +165,11 @@ def test_compat_mode_resumed_run_keeps_its_first_items_layer(tiny_llama, fake_lo
     """A killed and resumed compat run must not re-locate on the first item it has left."""
     model, tok = tiny_llama
     method = quick("dinm", easyedit_compat=True)
-    method.start_run([{"item_id": 1, "layer": 1}, {"item_id": 2, "layer": 1}])
+    method.prepare(model, tok, finished=[{"item_id": 1, "layer": 1}, {"item_id": 2, "layer": 1}])
     assert method.execute(model, tok, make_item(3)).layer == 1
     assert fake_locate == []
     faithful = quick("dinm")
-    faithful.start_run([{"item_id": 1, "layer": 1}])
+    faithful.prepare(model, tok, finished=[{"item_id": 1, "layer": 1}])
     assert faithful.execute(model, tok, make_item(3)).layer == 3
 
 

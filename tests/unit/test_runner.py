@@ -18,7 +18,8 @@ from detoxedit.judges.base import Judge
 from detoxedit.methods.base import METHODS, Edit, EditMethod, RestoreError
 from detoxedit.metrics import DS, DG_Avg, safety_score
 from detoxedit.models import ChatFormat, Sampling, get_adapter
-from detoxedit.runner import parse_set_values, run_protocol
+from detoxedit.runner import run_protocol
+from detoxedit.settings import parse_set_values
 
 
 
@@ -61,9 +62,11 @@ class CorruptingMethod(FakeMethod):
         return edit
 
 
-for _cls in (FakeMethod, CorruptingMethod):
-    if _cls.name not in METHODS:
-        METHODS.register(_cls.name)(_cls)
+@pytest.fixture(autouse=True)
+def fake_methods():
+    """The test methods exist only while a test of this file runs (never in another file's tests)."""
+    with METHODS.temporarily(FakeMethod.name, FakeMethod), METHODS.temporarily(CorruptingMethod.name, CorruptingMethod):
+        yield
 
 
 class FakeJudge(Judge):
@@ -328,8 +331,8 @@ def test_inherit_sampling_takes_generation_config(model_tok):
 
 
 def test_parse_set_values():
-    assert parse_set_values(["lr=5e-4", "layer=12", "name=x", "flag=true", "w=[1, 2]"]) == {
-        "lr": 5e-4, "layer": 12, "name": "x", "flag": True, "w": [1, 2]}
+    assert parse_set_values(["lr=5e-4", "layer=12", "name=x", "flag=true", "w=[1, 2]", "x="]) == {
+        "lr": "5e-4", "layer": 12, "name": "x", "flag": True, "w": [1, 2], "x": None}  # typed later, by the config
     with pytest.raises(DetoxeditError, match="key=value"):
         parse_set_values(["novalue"])
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -17,9 +16,6 @@ from detoxedit.errors import DetoxeditError
 
 logger = logging.getLogger(__name__)
 console = Console()
-
-DEFAULT_MODEL_PRESET = "smollm2-135m"
-
 
 def parse_item_ref(ref: str) -> tuple[Path, str]:
     """'FILE:ID' -> (file, id); the id is compared as text, so '12' finds id 12."""
@@ -42,65 +38,36 @@ def find_item(path: Path, item_id: str) -> Any:
     raise DetoxeditError(f"{path}: no item with id {item_id!r} ({len(items)} items; first ids: {sample})")
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """`key=value` strings -> dict; values are read as YAML scalars (5e-3, true, null, text)."""
-    values: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise DetoxeditError(f"--set {pair!r}: expected key=value, e.g. --set lr=5e-3")
-        try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise DetoxeditError(f"--set {pair!r}: cannot read the value ({err})") from err
-    return values
-
-
-def method_values(preset: str | None, model_spec: str, method: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The method's config values: the preset's `methods.<method>` section, then the overrides."""
-    from detoxedit.config import load_preset
-
-    name = preset or (DEFAULT_MODEL_PRESET if model_spec == "default" else None)
-    values: dict[str, Any] = {}
-    if name is not None:
-        loaded = load_preset(name)
-        if loaded.get("model") not in (None, model_spec):
-            logger.warning("preset %s is meant for model %r, but --model is %r", name, loaded["model"], model_spec)
-        section = (loaded.get("methods") or {}).get(method)
-        if section is None:
-            logger.warning("preset %s has no settings for method %r; using the method's defaults", name, method)
-        values.update(section or {})
-    values.update(overrides)
-    return values, name
-
-
 @app.command()
 def edit(
     item: str = typer.Option(..., "--item", "-i", help="The SafeEdit item to edit on: FILE:ID."),
     save: Path = typer.Option(..., "--save", help="Folder for the detoxified model and its delta."),
-    method: str = typer.Option("dinm", "--method", help="Edit method (e.g. dinm, ft-l)."),
-    preset: str = typer.Option(None, "--preset", help="Preset name or YAML path (default for --model default: smollm2-135m)."),
-    set_: list[str] = typer.Option(None, "--set", help="Override a method setting: key=value (repeatable)."),
+    method: str = typer.Option("dinm", "--method", help="Per-item edit method (e.g. dinm, ft-l)."),
+    preset: str = opt.PRESET,
+    set_: list[str] = opt.SET_VALUES,
     model: str = opt.MODEL,
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
     trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Edit a model on one SafeEdit item and save it as a standard checkpoint plus a small delta."""
-    from detoxedit.config import config_to_dict
-    from detoxedit.methods import build_method
+    from detoxedit.methods import PER_ITEM, METHODS
     from detoxedit.models import load_model
     from detoxedit.persist import save_edited_model
+    from detoxedit.settings import resolve_settings
 
     path, item_id = parse_item_ref(item)
     target = find_item(path, item_id)
-    values, preset_name = method_values(preset, model, method, parse_overrides(set_))
-    editor = build_method(method, values)
+    settings = resolve_settings(method, model, preset, set_ or [])
+    editor = METHODS.get(settings.method)(settings.config)
+    if editor.scope != PER_ITEM:
+        raise DetoxeditError(f"--method {settings.method} is fitted on a training set, not edited from one item; "
+                             "use `detoxedit run --method ... --train FILE`")
     lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    editor.start_run()
+    editor.prepare(lm, tokenizer)
     result = editor.execute(lm, tokenizer, target)
-    meta = {"base_model": model, "dtype": dtype, "item_file": str(path), "item_id": target.id, "method": method,
-            "preset": preset_name, "method_config": config_to_dict(editor.config), "info": result.info}
+    meta = {"base_model": model, "dtype": dtype, "item_file": str(path), "item_id": target.id, "method": settings.method,
+            "preset": settings.preset, "method_config": settings.method_config, "info": result.info}
     save_edited_model(lm, tokenizer, result, save, meta)
     _show_edit(result, lm, save)
 

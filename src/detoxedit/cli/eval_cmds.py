@@ -20,28 +20,6 @@ from detoxedit.errors import DetoxeditError
 logger = logging.getLogger(__name__)
 console = Console()
 
-DATA = typer.Option(..., "--data", "-d", help="SafeEdit file (JSON list or JSONL) or hf:<dataset>:<split>.")
-OUT = typer.Option(..., "--out", "-o", help="Run folder (re-running the same command resumes it).")
-OVERWRITE = typer.Option(False, "--overwrite", help="Discard an existing run in --out.")
-JUDGE = typer.Option("embedded", help="Safety judge: embedded, embedded:DIR, refusal or hf:PATH.")
-THRESHOLD = typer.Option(None, help="Judge score at or above which a reply is unsafe.")
-LIMIT = typer.Option(None, help="A seeded random sample of this many items (file order kept).")
-SEED = typer.Option(0, help="Seed of the samples (items, TriviaQA, XSum).")
-CATEGORY = typer.Option(None, "--category", help="Keep only this unsafety category (repeatable).")
-ATTACK = typer.Option(None, "--attack", help="Keep only this attack name (repeatable).")
-MAX_NEW_TOKENS = typer.Option(None, help="New tokens per reply (default: the preset's, else 128).")
-MAX_INPUT_TOKENS = typer.Option(None, help="Longer prompts keep their last tokens (default: the preset's, else 1024).")
-GENERAL = typer.Option(False, "--general", help="Also measure KQA (TriviaQA) and Csum (XSum).")
-TRIVIAQA = typer.Option(None, help="TriviaQA file for --general.")
-XSUM = typer.Option(None, help="XSum file for --general.")
-N_TRIVIAQA = typer.Option(200, help="TriviaQA questions for KQA.")
-N_XSUM = typer.Option(100, help="XSum articles for Csum.")
-ITEMS_PER_BATCH = typer.Option(8, help="Items whose edits are generated together in one batch.")
-PRESET = typer.Option(None, help="Preset name or YAML file (default: the shipped preset whose model is --model, "
-                                  "if any); gives generation settings and the method's hyperparameters.")
-NO_REPORT = typer.Option(False, "--no-report", help="Skip report.md.")
-
-
 def _eval_values(**kwargs: Any) -> dict[str, Any]:
     """CLI option values -> RunConfig keys (None means 'not given')."""
     values = {k: v for k, v in kwargs.items() if v is not None}
@@ -54,15 +32,15 @@ def _resolve_and_execute(
     method: str, model: str, preset: str | None, set_values: list[str], easyedit_compat: bool,
     out: Path, overwrite: bool, no_report: bool, extra: dict[str, Any], **options: Any,
 ) -> None:
-    """Merges the preset (generation settings, method hyperparameters) with the flags, then runs."""
-    from detoxedit.runner import resolve_method_settings
+    """Resolves the method's settings (`detoxedit.settings`), fills generation defaults from the preset, runs."""
+    from detoxedit.settings import resolve_settings
 
-    method_config, preset_name, generation = resolve_method_settings(method, model, preset, set_values, easyedit_compat)
+    settings = resolve_settings(method, model, preset, set_values, easyedit_compat)
     for key in ("max_new_tokens", "max_input_tokens"):
         if options[key] is None:
-            options[key] = generation.get(key)
+            options[key] = settings.generation.get(key)
     values = _eval_values(model=model, **options) | extra
-    values |= {"method": method, "method_config": method_config, "preset": preset_name}
+    values |= {"method": settings.method, "method_config": settings.method_config, "preset": settings.preset}
     _execute(values, out, overwrite, not no_report)
 
 
@@ -87,30 +65,30 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 @app.command()
 def evaluate(
-    data: str = DATA,
-    out: Path = OUT,
+    data: str = opt.DATA,
+    out: Path = opt.OUT,
     model: str = opt.MODEL,
-    preset: str = PRESET,
-    judge: str = JUDGE,
-    threshold: float = THRESHOLD,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    max_input_tokens: int = MAX_INPUT_TOKENS,
-    limit: int = LIMIT,
-    seed: int = SEED,
-    category: list[str] = CATEGORY,
-    attack: list[str] = ATTACK,
-    general: bool = GENERAL,
-    triviaqa: str = TRIVIAQA,
-    xsum: str = XSUM,
-    n_triviaqa: int = N_TRIVIAQA,
-    n_xsum: int = N_XSUM,
+    preset: str = opt.PRESET,
+    judge: str = opt.JUDGE,
+    threshold: float = opt.THRESHOLD,
+    max_new_tokens: int = opt.RUN_MAX_NEW_TOKENS,
+    max_input_tokens: int = opt.RUN_MAX_INPUT_TOKENS,
+    limit: int = opt.LIMIT,
+    seed: int = opt.SEED,
+    category: list[str] = opt.CATEGORY,
+    attack: list[str] = opt.ATTACK,
+    general: bool = opt.GENERAL,
+    triviaqa: str = opt.TRIVIAQA,
+    xsum: str = opt.XSUM,
+    n_triviaqa: int = opt.N_TRIVIAQA,
+    n_xsum: int = opt.N_XSUM,
     chat_format: str = opt.CHAT_FORMAT,
     system_prompt: str = opt.SYSTEM_PROMPT,
     token_budget: int = opt.TOKEN_BUDGET,
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
-    overwrite: bool = OVERWRITE,
-    no_report: bool = NO_REPORT,
+    overwrite: bool = opt.OVERWRITE,
+    no_report: bool = opt.NO_REPORT,
 ) -> None:
     """Evaluate the unedited model on SafeEdit (DS, DG, Fluency; KQA/Csum with --general)."""
     _resolve_and_execute(
@@ -124,39 +102,42 @@ def evaluate(
 
 @app.command("run")
 def run_method(
-    method: str = typer.Option(..., "--method", help="Edit method: dinm, ft-l, none, ..."),
-    data: str = DATA,
-    out: Path = OUT,
+    method: str = typer.Option(..., "--method", help="Method: dinm, ft-l, self-reminder, none, ..."),
+    data: str = opt.DATA,
+    out: Path = opt.OUT,
+    train: str = typer.Option(None, "--train", help="SafeEdit file of training items, for methods that fit on data."),
     model: str = opt.MODEL,
-    preset: str = PRESET,
-    set_values: list[str] = typer.Option(None, "--set", help="Override a method setting: key=value (repeatable)."),
+    preset: str = opt.PRESET,
+    set_values: list[str] = opt.SET_VALUES,
     easyedit_compat: bool = typer.Option(False, "--easyedit-compat", help="Reproduce the reference code "
                                          "(EasyEdit), defects included: sampling from generation_config, replies cut by "
                                          "characters, and the method's own easyedit_compat mode."),
-    items_per_batch: int = ITEMS_PER_BATCH,
-    judge: str = JUDGE,
-    threshold: float = THRESHOLD,
-    max_new_tokens: int = MAX_NEW_TOKENS,
-    max_input_tokens: int = MAX_INPUT_TOKENS,
-    limit: int = LIMIT,
-    seed: int = SEED,
-    category: list[str] = CATEGORY,
-    attack: list[str] = ATTACK,
-    general: bool = GENERAL,
-    triviaqa: str = TRIVIAQA,
-    xsum: str = XSUM,
-    n_triviaqa: int = N_TRIVIAQA,
-    n_xsum: int = N_XSUM,
+    items_per_batch: int = opt.ITEMS_PER_BATCH,
+    judge: str = opt.JUDGE,
+    threshold: float = opt.THRESHOLD,
+    max_new_tokens: int = opt.RUN_MAX_NEW_TOKENS,
+    max_input_tokens: int = opt.RUN_MAX_INPUT_TOKENS,
+    limit: int = opt.LIMIT,
+    seed: int = opt.SEED,
+    category: list[str] = opt.CATEGORY,
+    attack: list[str] = opt.ATTACK,
+    general: bool = opt.GENERAL,
+    triviaqa: str = opt.TRIVIAQA,
+    xsum: str = opt.XSUM,
+    n_triviaqa: int = opt.N_TRIVIAQA,
+    n_xsum: int = opt.N_XSUM,
     chat_format: str = opt.CHAT_FORMAT,
     system_prompt: str = opt.SYSTEM_PROMPT,
     token_budget: int = opt.TOKEN_BUDGET,
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
-    overwrite: bool = OVERWRITE,
-    no_report: bool = NO_REPORT,
+    overwrite: bool = opt.OVERWRITE,
+    no_report: bool = opt.NO_REPORT,
 ) -> None:
-    """Edit the model once per item (model restored after each) and evaluate every edit."""
-    extra = {"items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat}
+    """Evaluate a method: per-item methods edit from the original model for each item (restored after),
+    global methods are fitted once (on --train) and every item is evaluated on the result."""
+    extra = {"items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat,
+             "train": train}
     _resolve_and_execute(
         method, model, preset, set_values or [], easyedit_compat, out, overwrite, no_report, extra,
         data=data, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,

@@ -34,7 +34,8 @@ class RunConfig:
     judge: str = option("embedded", "Safety judge: embedded, embedded:DIR, refusal or hf:PATH.")
     threshold: float | None = option(None, "Judge score at or above which a reply is unsafe (judge default if unset).")
     judge_batch_size: int = option(64, "Replies per judge call.")
-    method: str = option("none", "Edit method: none (vanilla only), dinm, ft-l, ...")
+    method: str = option("none", "Edit method (its registered name): none (vanilla only), dinm, ft-l, self-reminder, ...")
+    train: str | None = option(None, "SafeEdit file of training items for methods that fit on data (given to `prepare`/`fit`).")
     method_config: dict[str, Any] = option({}, "The method's hyperparameters (preset merged with --set values).")
     preset: str | None = option(None, "The preset the method config came from (recorded for provenance).")
     max_new_tokens: int = option(128, "New tokens per reply to a SafeEdit input.")
@@ -76,10 +77,6 @@ class RunConfig:
         check(self.bootstrap >= 1, f"bootstrap must be at least 1, got {self.bootstrap}")
         if self.general:
             check(bool(self.triviaqa and self.xsum), "general ability needs both --triviaqa FILE and --xsum FILE")
-
-    @property
-    def is_edit_run(self) -> bool:
-        return self.method != "none"
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

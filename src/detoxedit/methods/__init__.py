@@ -6,6 +6,18 @@ subclasses `EditMethod` and registers itself, plus one import line here.
 
 from detoxedit.methods import none  # noqa: F401
 from detoxedit.methods import dinm, ft_l  # noqa: F401
-from detoxedit.methods.base import METHODS, Edit, EditMethod, apply_deltas, applied, build_method, restore_weights
+from detoxedit.methods import self_reminder  # noqa: F401
+from detoxedit.methods.base import (
+    GLOBAL,
+    METHODS,
+    PER_ITEM,
+    Edit,
+    EditMethod,
+    apply_deltas,
+    applied,
+    build_method,
+    restore_weights,
+)
 
-__all__ = ["METHODS", "Edit", "EditMethod", "apply_deltas", "applied", "build_method", "restore_weights"]
+__all__ = ["GLOBAL", "METHODS", "PER_ITEM", "Edit", "EditMethod", "apply_deltas", "applied", "build_method",
+           "restore_weights"]

@@ -15,7 +15,6 @@ edited projection, the layers above it and the LM head at the target positions.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from detoxedit.config import check, option
-from detoxedit.errors import ConfigError, DetoxeditError
+from detoxedit.errors import DetoxeditError
 from detoxedit.locate import LOCATE_VARIANTS, Localisation, locate_toxic_layer
 from detoxedit.methods.base import Edit
 from detoxedit.models.adapter import get_adapter
@@ -54,7 +53,6 @@ class SingleLayerConfig:
     seed: int = option(0, "Seed for any randomness during the edit.")
 
     def __post_init__(self) -> None:
-        coerce_numbers(self)
         check(self.layer is None or self.layer >= 0, f"layer must be >= 0 or None, got {self.layer}")
         check(self.locate_variant in LOCATE_VARIANTS, f"locate_variant must be one of {LOCATE_VARIANTS}, got {self.locate_variant!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -65,17 +63,10 @@ class SingleLayerConfig:
         check(self.max_input_tokens is None or self.max_input_tokens >= 1, f"max_input_tokens must be >= 1 or None, got {self.max_input_tokens}")
 
 
-def coerce_numbers(config: Any) -> None:
-    """Reads numbers given as text ("5e-4": YAML 1.1 and `--set` leave it a string) into the field's type."""
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        kind = float if "float" in str(f.type) else int if "int" in str(f.type) else None
-        if kind is None or not isinstance(value, str):
-            continue
-        try:
-            setattr(config, f.name, kind(float(value)) if kind is int and float(value).is_integer() else kind(value))
-        except ValueError:
-            raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
+def down_projections(model: nn.Module) -> list[str]:
+    """Every layer's MLP down-projection weight: where the single-layer methods may write."""
+    adapter = get_adapter(model)
+    return [adapter.down_proj_name(layer) for layer in range(adapter.num_layers)]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,24 @@
 """The edit-method interface (ROME-style): `execute` returns deltas, `apply_deltas` adds them.
 
-Every method (DINM, FT-L, and later SFT, DPO, Ext-Sub, MEND, ...) is one module with a flat config
-dataclass and a subclass of `EditMethod`, registered by name in `METHODS`. The runner only sees this
-interface, so adding a method never touches the runner.
+Every method (DINM, FT-L, Self-Reminder, and later SFT, DPO, Ext-Sub, MEND, ...) is one module with
+a flat config dataclass and a subclass of `EditMethod`, registered by name in `METHODS`. The runner
+only sees this interface, so adding a method never touches the runner.
+
+Lifecycle (the runner calls these, in this order, once per run):
+    1. `prepare(model, tokenizer, train_items, finished)`: the training data (`--train FILE`, may be
+       empty) and the records of items a resumed run already finished. Per-run state starts here.
+    2. `scope == PER_ITEM` (DINM, FT-L, MEND): `execute(model, tokenizer, item)` for each test item;
+       the runner evaluates that item with the edit and restores the model (edit -> evaluate -> restore).
+       `scope == GLOBAL` (SFT, DPO, Ext-Sub, Self-Reminder, one-instance DINM): `fit(model, tokenizer,
+       train_items)` once; every test item is evaluated with that one edit.
+    `changes_model = False` (the vanilla `none`) tells the runner that evaluating the method is
+    evaluating the base model, so there is nothing beyond the vanilla replies to compute.
 
 Contract:
-    * `execute(model, tokenizer, item)` leaves every weight of `model` bit-identical and returns an
-      `Edit`: parameter name -> delta (in the parameter's own storage layout) plus a record.
+    * `execute` / `fit` leave every weight of `model` bit-identical and return an `Edit`: parameter
+      name -> delta (in the parameter's own storage layout), prompt-side changes, and a record.
+    * `writes(model)` names every parameter the method may change; the runner checksums them before
+      the first edit and verifies them after each batch.
     * `apply_deltas` adds the deltas in place and returns the original tensors; `restore_weights`
       copies them back and verifies a checksum of each restored tensor.
 """
@@ -15,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -40,7 +52,8 @@ class Edit:
         layer: the edited (located) layer, if the method edits one layer.
         losses: loss per optimisation step.
         info: JSON-serialisable extras (distance profile, timings, loss parts, ...).
-        system_prompt: for prompt-side methods (e.g. Self-Reminder): the prompt to generate with.
+        system_prompt: for prompt-side methods (e.g. Self-Reminder): the system prompt to generate with.
+        user_suffix: for prompt-side methods: text appended (after a blank line) to every user message.
     """
 
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -48,6 +61,11 @@ class Edit:
     losses: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
+    user_suffix: str | None = None
+
+    def wrap(self, message: str) -> str:
+        """The user message as this edit sends it (with `user_suffix`, if any)."""
+        return f"{message}\n\n{self.user_suffix}" if self.user_suffix else message
 
     def relative_change(self, model: nn.Module) -> dict[str, float]:
         """||delta|| / ||W|| per edited parameter (Frobenius norms)."""
@@ -55,36 +73,58 @@ class Edit:
         return {name: float(d.norm() / params[name].detach().norm().clamp_min(1e-12)) for name, d in self.deltas.items()}
 
 
+PER_ITEM, GLOBAL = "per_item", "global"
+SCOPES = (PER_ITEM, GLOBAL)
+
+
 class EditMethod(ABC):
-    """Base class: holds the method's config; subclasses implement `execute`."""
+    """Base class: holds the method's config; subclasses implement `execute` (per item) or `fit` (global)."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    scope: ClassVar[str] = PER_ITEM
+    changes_model: ClassVar[bool] = True
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_class()
 
-    @abstractmethod
-    def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
-        """Computes the edit for one SafeEdit item; must leave `model` bit-identical."""
+    @classmethod
+    def compat_values(cls) -> dict[str, Any]:
+        """Config values that reproduce the reference code (EasyEdit), for `--easyedit-compat`; none by default."""
+        return {}
 
-    def start_run(self, finished: Sequence[dict[str, Any]] = ()) -> None:
-        """Called once before a run edits its first item (methods with per-run state reset it here).
+    def prepare(self, model: nn.Module, tokenizer: Any, train_items: Sequence[Any] = (),
+                finished: Sequence[dict[str, Any]] = ()) -> None:
+        """Called once per run before the first edit (per-run state starts here).
 
-        `finished` holds the items.jsonl records of items a resumed run already did, in run order, so
-        that per-run state (the compat mode's first-item layer) survives a kill and resume.
+        Args:
+            train_items: the run's training data (`--train FILE`); empty when none was given.
+            finished: the items.jsonl records of items a resumed run already did, in run order, so
+                that per-run state (the compat mode's first-item layer) survives a kill and resume.
         """
+
+    def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
+        """Per-item methods: the edit for one SafeEdit item; must leave `model` bit-identical."""
+        raise NotImplementedError(f"method {self.name!r} has scope {self.scope!r} and no per-item execute")
+
+    def fit(self, model: nn.Module, tokenizer: Any, train_items: Sequence[Any]) -> Edit:
+        """Global methods: the one edit every test item is evaluated with; must leave `model` bit-identical."""
+        raise NotImplementedError(f"method {self.name!r} has scope {self.scope!r} and no fit")
+
+    def writes(self, model: nn.Module) -> list[str]:
+        """Names of the parameters this method may change (checksummed by the runner); default: all of them."""
+        return [name for name, _ in model.named_parameters()]
 
 
 METHODS: Registry[type[EditMethod]] = Registry("method")
 
 
 def build_method(name: str, values: dict[str, Any] | None = None) -> EditMethod:
-    """Instantiates a registered method from config values (preset merged with overrides)."""
+    """Instantiates a registered method (by name or alias) from config values, typed by its config class."""
     import detoxedit.methods  # noqa: F401  (registers the built-in methods)
 
     cls = METHODS.get(name)
-    config = config_from_dict(cls.config_class, dict(values or {}), source=f"method {name!r} config")
+    config = config_from_dict(cls.config_class, dict(values or {}), source=f"method {METHODS.canonical(name)!r} config")
     return cls(config)
 
 

@@ -27,6 +27,7 @@ from detoxedit.config import check, option
 from detoxedit.locate import Localisation
 from detoxedit.methods._tuning import (
     SingleLayerConfig,
+    down_projections,
     encode_example,
     make_edit,
     resolve_layer,
@@ -69,9 +70,17 @@ class DINM(EditMethod):
         super().__init__(config)
         self._run_layer: int | None = None  # compat mode only: the first item's layer
 
-    def start_run(self, finished: Sequence[dict[str, Any]] = ()) -> None:
+    @classmethod
+    def compat_values(cls) -> dict[str, Any]:
+        return {"easyedit_compat": True}
+
+    def prepare(self, model: nn.Module, tokenizer: Any, train_items: Sequence[Any] = (),
+                finished: Sequence[dict[str, Any]] = ()) -> None:
         """Compat mode: a resumed run keeps the layer its first item used, as one uninterrupted run would."""
         self._run_layer = int(finished[0]["layer"]) if finished and self.config.easyedit_compat else None
+
+    def writes(self, model: nn.Module) -> list[str]:
+        return down_projections(model)
 
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
         start = time.perf_counter()
@@ -95,7 +104,7 @@ class DINM(EditMethod):
                          chat_format=fmt.resolved_mode, easyedit_compat=compat)
 
     def _layer(self, model: nn.Module, tokenizer: Any, item: Any, fmt: ChatFormat) -> tuple[int, Localisation | None]:
-        """Faithful: the item's own layer. Compat: the first item's layer, reused until `start_run`."""
+        """Faithful: the item's own layer. Compat: the first item's layer, reused until `prepare`."""
         cfg: DINMConfig = self.config
         if cfg.easyedit_compat and self._run_layer is not None and cfg.layer is None:
             return self._run_layer, None

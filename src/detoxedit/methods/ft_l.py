@@ -17,6 +17,7 @@ from torch import nn
 from detoxedit.config import option
 from detoxedit.methods._tuning import (
     SingleLayerConfig,
+    down_projections,
     encode_example,
     make_edit,
     resolve_layer,
@@ -34,12 +35,15 @@ class FTLConfig(SingleLayerConfig):
     norm_constraint: float | None = option(5e-4, "Clamp each entry's change to [-x, x] after every step (L-inf); None: unconstrained FT.")
 
 
-@METHODS.register("ft-l")
+@METHODS.register("ft-l", aliases=("ft_l", "ftl"))
 class FTL(EditMethod):
     """Fine-tunes the located layer's down-projection on the safe reply, L-inf constrained."""
 
     name = "ft-l"
     config_class = FTLConfig
+
+    def writes(self, model: nn.Module) -> list[str]:
+        return down_projections(model)
 
     def execute(self, model: nn.Module, tokenizer: Any, item: Any) -> Edit:
         start = time.perf_counter()
