@@ -15,7 +15,7 @@ from detoxedit.evaluation.config import RunConfig
 from detoxedit.evaluation.records import read_jsonl
 from detoxedit.evaluation.textgen import TextGenerator, char_sliced_reply, inherited_sampling
 from detoxedit.judges.base import Judge
-from detoxedit.methods.base import METHODS, Edit, EditMethod, RestoreError
+from detoxedit.methods.base import GLOBAL, METHODS, Edit, EditMethod, RestoreError
 from detoxedit.metrics import DS, DG_Avg, safety_score
 from detoxedit.models import ChatFormat, Sampling, get_adapter
 from detoxedit.runner import run_protocol
@@ -62,10 +62,28 @@ class CorruptingMethod(FakeMethod):
         return edit
 
 
+class FittedMethod(EditMethod):
+    """A global method: one fixed delta, fitted once on the training items (counted)."""
+
+    name = "fitted-test"
+    config_class = FakeConfig
+    scope = GLOBAL
+    fits: list[int] = []
+
+    def fit(self, model, tokenizer, train_items) -> Edit:
+        FittedMethod.fits.append(len(train_items))
+        adapter = get_adapter(model)
+        weight = adapter.down_proj(1).weight
+        delta = self.config.scale * torch.randn(weight.shape, generator=torch.Generator().manual_seed(7))
+        return Edit({adapter.down_proj_name(1): delta}, layer=1)
+
+
 @pytest.fixture(autouse=True)
 def fake_methods():
     """The test methods exist only while a test of this file runs (never in another file's tests)."""
-    with METHODS.temporarily(FakeMethod.name, FakeMethod), METHODS.temporarily(CorruptingMethod.name, CorruptingMethod):
+    FittedMethod.fits = []
+    with METHODS.temporarily(FakeMethod.name, FakeMethod), METHODS.temporarily(CorruptingMethod.name, CorruptingMethod), \
+            METHODS.temporarily(FittedMethod.name, FittedMethod):
         yield
 
 
@@ -391,3 +409,61 @@ def test_cli_preset_gives_generation_and_method_settings(data_file, tmp_path, ti
     assert config["method_config"] == {"scale": 0.2} and config["preset"] == str(preset)
     assert cli("evaluate", *common, "--max-new-tokens", 3, "--out", tmp_path / "b") == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["max_new_tokens"] == 3
+
+
+def test_global_method_is_fitted_once_on_the_training_items_and_evaluates_every_item(data_file, tmp_path, model_tok):
+    out = tmp_path / "run"
+    run(config(data_file, method="fitted-test", train=str(data_file)), out, model_tok)
+    assert FittedMethod.fits == [N_ITEMS]  # once per run, on the --train items
+    items = read_jsonl(out / "items.jsonl")
+    assert [r["item_id"] for r in items] == list(range(N_ITEMS))
+    assert len({json.dumps(r["relative_change"]) for r in items}) == 1  # one edit for every item
+    assert json.loads((out / "config.json").read_text())["train"] == str(data_file)
+    edited = [r for r in read_jsonl(out / "generations.jsonl") if r["variant"] == "edited"]
+    assert len(edited) == 5 * N_ITEMS
+
+
+def test_global_method_resumed_after_a_kill_is_not_fitted_again(data_file, tmp_path, model_tok):
+    cfg = config(data_file, method="fitted-test", items_per_batch=1)
+    reference = tmp_path / "reference"
+    run(cfg, reference, model_tok)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out, model_tok, judge=FakeJudge(fail_on_call=3))  # vanilla + 1 item judged, killed on the 2nd
+    assert FittedMethod.fits == [0, 0] and (out / "fitted_edit.pt").is_file()
+    run(cfg, out, model_tok)
+    assert FittedMethod.fits == [0, 0]  # the resumed run reloads the fitted edit
+    assert {k: r["reply"] for k, r in by_key(read_jsonl(out / "generations.jsonl")).items()} == {
+        k: r["reply"] for k, r in by_key(read_jsonl(reference / "generations.jsonl")).items()}
+
+
+def test_self_reminder_changes_only_the_prompt(data_file, tmp_path, model_tok, monkeypatch):
+    from detoxedit.methods.self_reminder import SYSTEM_REMINDER, USER_REMINDER
+
+    sent = []
+    original = TextGenerator.__call__
+
+    def recording(self, prompts, *args, system_prompts=None, **kwargs):
+        sent.extend(zip(prompts, system_prompts or [None] * len(prompts)))
+        return original(self, prompts, *args, system_prompts=system_prompts, **kwargs)
+
+    monkeypatch.setattr(TextGenerator, "__call__", recording)
+    model, _ = model_tok
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "run"
+    run(config(data_file, method="self-reminder"), out, model_tok)
+    records = read_jsonl(out / "generations.jsonl")
+    edited_inputs = {r["prompt"] for r in records if r["variant"] == "edited"}
+    reminded = [(p, s) for p, s in sent if s == SYSTEM_REMINDER]
+    assert len(reminded) == 5 * N_ITEMS
+    assert {p for p, _ in reminded} == {f"{text}\n\n{USER_REMINDER}" for text in edited_inputs}
+    assert all(s is None for p, s in sent if s != SYSTEM_REMINDER)  # vanilla replies: no reminder
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    items = read_jsonl(out / "items.jsonl")
+    assert items[0]["system_prompt"] == SYSTEM_REMINDER and items[0]["user_suffix"] == USER_REMINDER
+
+
+def test_none_is_an_ordinary_method_that_adds_nothing_to_the_vanilla_run(data_file, tmp_path, model_tok):
+    run(config(data_file, method="none"), tmp_path / "run", model_tok)
+    assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["variants"]) == {"vanilla"}
+    assert not (tmp_path / "run" / "items.jsonl").exists()
