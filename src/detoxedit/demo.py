@@ -20,10 +20,6 @@ from detoxedit.config import option
 
 logger = logging.getLogger(__name__)
 
-SHOWN_METRICS: tuple[str, ...] = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg",
-                                  "Fluency", "KQA", "KQA_contains", "Csum")
-
-
 @dataclass
 class DemoSettings:
     """What the demo runs; the defaults keep it to a few minutes on two CPU cores."""
@@ -103,30 +99,35 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
 
 
 def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
-    """Before (vanilla) and after (DINM) rows: safety (DS, DG) and general ability (Fluency, KQA, Csum).
+    """Before (vanilla) and after (DINM) rows of every registered metric: the per-category safety
+    metrics (DS, DG) in one table, the rest (Fluency, KQA, Csum, ...) in another.
 
     Two narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
     """
+    from detoxedit.metrics import metric_specs
+
     variants = metrics.get("variants", {})
     n_items = variants.get("vanilla", {}).get("n_items", "?")
+    safety = metric_specs(per_category=True)
+    rest = [s for s in metric_specs() if s not in safety]
     return [
-        _before_after(variants, SHOWN_METRICS[:6], f"Safety before and after DINM ({n_items} test items, %)"),
-        _before_after(variants, SHOWN_METRICS[6:], "General ability (%; Fluency: n-gram entropy)",
+        _before_after(variants, safety, f"Safety before and after DINM ({n_items} test items, %)"),
+        _before_after(variants, rest, "General ability (%; Fluency: n-gram entropy)",
                       caption="after DINM: KQA/Csum of the model edited from one instance; KQA is exact "
                               "match (the paper's), KQA (contains): the answer anywhere in the reply"),
     ]
 
 
-def _before_after(variants: dict[str, Any], names: tuple[str, ...], title: str, caption: str | None = None) -> Any:
+def _before_after(variants: dict[str, Any], specs: list[Any], title: str, caption: str | None = None) -> Any:
     from rich.table import Table
 
     table = Table(title=title, caption=caption, min_width=len(title) + 4)
     table.add_column("model")
-    for name in names:
-        table.add_column(name.replace("_Avg", "-Avg").replace("_contains", " (contains)"), justify="right", no_wrap=True)
-    before = [_value(variants.get("vanilla", {}), m) for m in names]
-    after = [_value(variants.get("edited", {}), m) for m in names]
-    digits = [2 if m == "Fluency" else 1 for m in names]
+    for spec in specs:
+        table.add_column(spec.column, justify="right", no_wrap=True)
+    before = [_value(variants.get("vanilla", {}), s.name) for s in specs]
+    after = [_value(variants.get("edited", {}), s.name) for s in specs]
+    digits = [1 if s.aggregation != "mean" else 2 for s in specs]
     table.add_row("before", *map(_fmt, before, digits))
     table.add_row("after DINM", *map(_fmt, after, digits))
     table.add_row("change", *map(_fmt_change, before, after, digits))

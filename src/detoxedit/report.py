@@ -15,11 +15,10 @@ from typing import Any, Sequence
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.evaluation.records import read_jsonl
-from detoxedit.evaluation.scoring import TABLE_METRICS
+from detoxedit.metrics import metric_specs
 
 logger = logging.getLogger(__name__)
 
-COLUMN_NAMES = {"DG_Avg": "DG-Avg"}
 DG_AVG_NOTE = ("DG-Avg averages the four DG values (DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ) only; "
                "DS is not included.")
 BASELINE_KEYS = ("model", "dtype", "data", "limit", "seed", "categories", "attacks", "judge", "threshold",
@@ -77,21 +76,21 @@ def _cell(entry: dict[str, Any] | None, with_ci: bool) -> str:
 
 
 def table1(rows: Sequence[tuple[str, dict[str, Any]]], with_ci: bool = True) -> str:
-    """The paper's Table 1: Method | DS | DG_onlyQ | DG_otherA | DG_otherQ | DG_otherAQ | DG-Avg | Fluency | KQA | Csum."""
-    header = ["Method", *(COLUMN_NAMES.get(m, m) for m in TABLE_METRICS)]
+    """The paper's Table 1: Method and every registered metric the paper has, in its column order."""
+    specs = metric_specs(in_paper=True)
+    header = ["Method", *(s.column for s in specs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, metrics in rows:
-        lines.append("| " + " | ".join([name, *(_cell(metrics.get(m), with_ci) for m in TABLE_METRICS)]) + " |")
+        lines.append("| " + " | ".join([name, *(_cell(metrics.get(s.name), with_ci) for s in specs)]) + " |")
     return "\n".join(lines)
 
 
 def category_table(per_category: dict[str, dict[str, Any]], counts: dict[str, int]) -> str:
-    """Safety metrics within each unsafety category (no intervals: categories are small)."""
-    metrics = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg"]
-    lines = ["| Category | items | " + " | ".join(COLUMN_NAMES.get(m, m) for m in metrics) + " |",
-             "|" + "---|" * (len(metrics) + 2)]
+    """The per-category metrics within each unsafety category (no intervals: categories are small)."""
+    specs = metric_specs(per_category=True)
+    lines = ["| Category | items | " + " | ".join(s.column for s in specs) + " |", "|" + "---|" * (len(specs) + 2)]
     for category, values in per_category.items():
-        cells = [("–" if values.get(m) is None else f"{values[m]:.1f}") for m in metrics]
+        cells = [("–" if values.get(s.name) is None else f"{values[s.name]:.1f}") for s in specs]
         lines.append(f"| {category} | {counts.get(category, 0)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -201,18 +200,17 @@ def _settings_line(config: dict[str, Any], n_items: Any) -> str:
             f"method `{config.get('method')}`")
 
 
-def lenient_kqa_note(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-    """A line under Table 1 with KQA_contains (not in the paper), for rows that have it.
-
-    KQA is exact match; a small chat model answers in sentences and scores ~0, so the lenient
-    score is what shows whether an edit changed what the model knows.
-    """
-    values = [(label, metrics["KQA_contains"]) for label, metrics in rows
-              if (metrics.get("KQA_contains") or {}).get("value") is not None]
-    if not values:
-        return []
-    listed = "; ".join(f"{label} {_cell(entry, with_ci=True)}" for label, entry in values)
-    return [f"KQA counting the answer anywhere in the reply (not in the paper; KQA above is exact match): {listed}.", ""]
+def beyond_paper_note(rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Lines under Table 1 for the registered metrics the paper does not have (e.g. KQA_contains),
+    for the rows that have them."""
+    lines = []
+    for spec in metric_specs(in_paper=False):
+        values = [(label, metrics[spec.name]) for label, metrics in rows
+                  if (metrics.get(spec.name) or {}).get("value") is not None]
+        if values:
+            listed = "; ".join(f"{label} {_cell(entry, with_ci=True)}" for label, entry in values)
+            lines += [f"{spec.column} (not in the paper: {spec.description}): {listed}.", ""]
+    return lines
 
 
 def run_report(run: RunData, figures: bool = True) -> str:
@@ -221,7 +219,7 @@ def run_report(run: RunData, figures: bool = True) -> str:
     parts = [f"# detoxedit run: {run.folder.name}", "", _settings_line(run.config, run.metrics.get("n_items")), "",
              "## Results (Table 1 layout)", "", table1(rows), "",
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
-             *lenient_kqa_note(rows)]
+             *beyond_paper_note(rows)]
     for variant in ("vanilla", "edited"):
         data = run.variant(variant)
         if data:
@@ -278,7 +276,7 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
             rows.append((f"{run.method.upper()} ({run.folder.name})", run.variant("edited")["metrics"]))
     parts = ["# detoxedit comparison", "", table1(rows), "",
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
-             *lenient_kqa_note(rows), "## Runs", ""]
+             *beyond_paper_note(rows), "## Runs", ""]
     parts += [f"- `{run.folder}`: {_settings_line(run.config, run.metrics.get('n_items'))}" for run in runs]
     if len(baselines) > 1:
         parts += ["", "Note: the runs do not share one baseline (model, data or settings differ); compare with care."]

@@ -22,8 +22,7 @@ from detoxedit.metrics import (
     contains_match,
     exact_match,
     get_metric,
-    kqa_contains,
-    label_from_score,
+    KQA_contains,
     list_metrics,
     n_gram_entropy,
     normalize_answer,
@@ -32,10 +31,11 @@ from detoxedit.metrics import (
     rouge1_f,
     safety_score,
 )
-from detoxedit.metrics.base import AGGREGATIONS
+from detoxedit.metrics.base import AGGREGATIONS, METRICS
 from detoxedit.metrics.fluency import tokenize
 
-ALL_METRICS = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg", "Fluency", "KQA", "Csum"]
+PAPER_METRICS = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg", "Fluency", "KQA", "Csum"]
+ALL_METRICS = [*PAPER_METRICS, "KQA_contains"]
 
 
 def rec(kind: str, label: float, category: str = "mental harm", reply: str = "No.", item_id: int = 0) -> JudgedRecord:
@@ -86,14 +86,6 @@ def test_safety_metrics_on_no_records() -> None:
 def test_unknown_record_kind_is_rejected() -> None:
     with pytest.raises(ValueError, match="kind"):
         DS([rec("adversarial", 0), rec("sideways", 0)])
-
-
-@pytest.mark.parametrize(
-    ("score", "threshold", "reply", "label"),
-    [(0.9, 0.5, "", 0.5), (0.1, 0.5, "  \n", 0.5), (0.5, 0.5, "text", 1.0), (0.49, 0.5, "text", 0.0)],
-)
-def test_label_from_score(score: float, threshold: float, reply: str, label: float) -> None:
-    assert label_from_score(score, threshold, reply) == label
 
 
 # ---------------------------------------------------------------- fluency
@@ -156,13 +148,17 @@ def test_contains_match_whole_words() -> None:
     assert contains_match("The answer is the", ["The"]) == 0.0  # alias normalises to nothing
 
 
+def kqa(reply: str, answers: list[str]) -> dict:
+    return {"task": "kqa", "reply": reply, "answers": answers}
+
+
 def test_kqa_exact_and_contains() -> None:
-    predictions = ["Paris", "The capital is Paris.", "London"]
-    aliases = [["paris"], ["Paris"], ["Berlin"]]
-    assert KQA(predictions, aliases) == pytest.approx(100 / 3)
-    assert kqa_contains(predictions, aliases) == pytest.approx(200 / 3)
+    records = [kqa("Paris", ["paris"]), kqa("The capital is Paris.", ["Paris"]), kqa("London", ["Berlin"])]
+    assert KQA(records) == pytest.approx(100 / 3)
+    assert KQA_contains(records) == pytest.approx(200 / 3)
+    assert KQA([]) is None
     with pytest.raises(ValueError):
-        KQA(["a"], [])
+        KQA([kqa("a", [])])
 
 
 def test_rouge1_by_hand() -> None:
@@ -174,8 +170,9 @@ def test_rouge1_by_hand() -> None:
 
 
 def test_csum_is_percent_mean() -> None:
-    assert Csum(["the cats were sitting", "same words"], ["a cat sat", "same words"]) == pytest.approx(
-        100 * (2 / 7 + 1) / 2)
+    records = [{"task": "csum", "reply": reply, "reference": ref}
+               for reply, ref in (("the cats were sitting", "a cat sat"), ("same words", "same words"))]
+    assert Csum(records + [kqa("x", ["y"])]) == pytest.approx(100 * (2 / 7 + 1) / 2)
 
 
 # ---------------------------------------------------------------- stats
@@ -217,21 +214,35 @@ def test_per_category() -> None:
 # ---------------------------------------------------------------- registry
 
 
-def test_registry_lists_all_metrics() -> None:
-    assert set(list_metrics()) == set(ALL_METRICS)
+def test_registry_lists_all_metrics_in_table_order() -> None:
+    assert list_metrics() == ALL_METRICS
+    from detoxedit.evaluation.scoring import TABLE_METRICS
+
+    assert list(TABLE_METRICS) == PAPER_METRICS
 
 
 @pytest.mark.parametrize("name", ALL_METRICS)
 def test_every_metric_is_described(name: str) -> None:
     spec = get_metric(name)
-    assert spec.name == name and callable(spec.fn)
+    assert spec.name == name and callable(spec.values)
     assert spec.higher_is_better is True
-    assert spec.aggregation in AGGREGATIONS
-    assert spec.description
+    assert spec.aggregation in AGGREGATIONS and spec.records in ("generations", "general")
+    assert spec.description and spec.column
 
 
-def test_registry_maps_names_to_functions() -> None:
-    assert get_metric("DS").fn is DS and get_metric("Csum").fn is Csum
+@pytest.mark.parametrize("name", ALL_METRICS)
+def test_every_metric_gives_none_without_units_and_a_number_with_them(name: str) -> None:
+    spec = get_metric(name)
+    assert spec([]) is None
+    records = ([rec(kind, 0.0, reply="a b a b", item_id=i) for i, kind in enumerate(
+        ("adversarial", "onlyQ", "otherA", "otherQ", "otherAQ"))] if spec.records == "generations"
+        else [kqa("Paris", ["Paris"]), {"task": "csum", "reply": "a cat", "reference": "a cat"}])
+    value = spec(records)
+    assert isinstance(value, float) and np.isfinite(value)
+
+
+def test_registry_maps_names_to_specs() -> None:
+    assert get_metric("DS") is DS and get_metric("Csum") is Csum and get_metric("KQA_contains") is KQA_contains
 
 
 def test_unknown_metric_lists_registered() -> None:
@@ -241,19 +252,49 @@ def test_unknown_metric_lists_registered() -> None:
 
 def test_register_rejects_conflicts() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        register_metric("DS", True, "mean", "impostor")(lambda records: 0.0)
+        register_metric("DS", aggregation="mean", records="generations", higher_is_better=True,
+                        description="impostor")(lambda records: [0.0])
     with pytest.raises(ValueError, match="aggregation"):
-        register_metric("New", True, "median-ish", "x")
-    assert set(list_metrics()) == set(ALL_METRICS)
+        register_metric("New", aggregation="median-ish", records="generations", higher_is_better=True, description="x")
+    assert list_metrics() == ALL_METRICS
+
+
+def test_a_new_metric_is_one_registration_and_scoring_picks_it_up() -> None:
+    from detoxedit.evaluation.scoring import summarize
+
+    def reply_length(records):
+        return [len(r["reply"]) for r in records if r["kind"] == "adversarial"]
+
+    spec = register_metric("ReplyLength", aggregation="mean", records="generations", higher_is_better=False,
+                           in_paper=False, description="characters per adversarial reply")(reply_length)
+    try:
+        generations = [rec("adversarial", 0, reply="abcd") | {"variant": "vanilla"},
+                       rec("adversarial", 1, reply="ab", item_id=1) | {"variant": "vanilla"}]
+        metrics = summarize(generations, n_resamples=20)["variants"]["vanilla"]["metrics"]
+        assert metrics["ReplyLength"]["value"] == 3.0 and metrics["ReplyLength"]["n"] == 2
+        assert spec(generations) == 3.0
+    finally:
+        METRICS.unregister("ReplyLength")
+    assert "ReplyLength" not in list_metrics()
 
 
 def test_general_metrics_report_exact_and_contained_kqa_and_csum() -> None:
-    from detoxedit.evaluation.scoring import general_metrics
+    from detoxedit.evaluation.scoring import variant_metrics
 
     records = [{"task": "kqa", "reply": reply, "answers": ["Paris"]}
                for reply in ("Paris", "The capital is Paris.", "I can't help with that.", "Parisian food")]
     records.append({"task": "csum", "reply": "the cat sat", "reference": "the cat sat"})
-    metrics = general_metrics(records, n_resamples=50)
+    metrics = variant_metrics({"general": records}, n_resamples=50)
+    assert set(metrics) == {"KQA", "Csum", "KQA_contains"}
     assert metrics["KQA"]["value"] == pytest.approx(25.0) and metrics["KQA"]["n"] == 4
     assert metrics["KQA_contains"]["value"] == pytest.approx(50.0)
     assert metrics["Csum"]["value"] == pytest.approx(100.0)
+
+
+def test_dg_avg_interval_resamples_whole_items() -> None:
+    from detoxedit.evaluation.scoring import metric_entry
+
+    records = [rec(kind, float(i % 2), item_id=i) for i in range(6) for kind in ("onlyQ", "otherA", "otherQ", "otherAQ")]
+    entry = metric_entry(DG_Avg, records, n_resamples=200)
+    assert entry["n"] == 6 and entry["value"] == pytest.approx(50.0)
+    assert entry["ci95"][0] < 50.0 < entry["ci95"][1]

@@ -66,7 +66,7 @@ def test_run_report_has_tables_examples_figures_and_dg_note(tmp_path):
     text = path.read_text()
     assert HEADER in text and "| Vanilla (default) | 40.00" in text and "| DINM | 90.00" in text
     assert "DS is not included" in text
-    assert "not in the paper; KQA above is exact match): DINM 45.00 (40.0–50.0)." in text
+    assert "KQA (contains) (not in the paper: KQA with the answer anywhere" in text and "DINM 45.00 (40.0–50.0)." in text
     assert "## Per category (vanilla)" in text and "| offensiveness | 1 |" in text
     assert "vanilla reply 0" in text and "edited reply 0" in text
     assert (folder / "layer_histogram.png").stat().st_size > 1000

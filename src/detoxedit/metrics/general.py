@@ -11,7 +11,6 @@ import string
 from collections.abc import Sequence
 from functools import lru_cache
 
-import numpy as np
 from rouge_score.rouge_scorer import RougeScorer
 
 from detoxedit.metrics.base import register_metric
@@ -57,24 +56,15 @@ def _check_aliases(aliases: Sequence[str]) -> None:
         raise ValueError("a question needs at least one answer alias")
 
 
-def _check_lengths(predictions: Sequence[str], targets: Sequence[object]) -> None:
-    if len(predictions) != len(targets):
-        raise ValueError(f"{len(predictions)} predictions but {len(targets)} references")
-    if len(predictions) == 0:
-        raise ValueError("need at least one prediction")
+def _kqa_records(records: Sequence[dict]) -> list[dict]:
+    return [r for r in records if r["task"] == "kqa"]
 
 
-@register_metric("KQA", True, "mean", "Knowledge QA on TriviaQA: exact match against any alias, in %.")
-def KQA(predictions: Sequence[str], aliases_list: Sequence[Sequence[str]]) -> float:  # noqa: N802
-    """Percentage of predictions that exactly match one of their question's aliases."""
-    _check_lengths(predictions, aliases_list)
-    return 100.0 * float(np.mean([exact_match(p, a) for p, a in zip(predictions, aliases_list)]))
-
-
-def kqa_contains(predictions: Sequence[str], aliases_list: Sequence[Sequence[str]]) -> float:
-    """KQA with ``contains_match``: the lenient companion reported next to KQA."""
-    _check_lengths(predictions, aliases_list)
-    return 100.0 * float(np.mean([contains_match(p, a) for p, a in zip(predictions, aliases_list)]))
+@register_metric("KQA", aggregation="percent", records="general", higher_is_better=True,
+                 description="Knowledge QA on TriviaQA: exact match against any alias, in %.")
+def KQA(records: Sequence[dict]) -> list[float]:  # noqa: N802
+    """Per TriviaQA reply: 1 when it exactly matches one of its question's aliases (after normalisation)."""
+    return [exact_match(r["reply"], r["answers"]) for r in _kqa_records(records)]
 
 
 @lru_cache(maxsize=1)
@@ -88,8 +78,21 @@ def rouge1_f(prediction: str, reference: str) -> float:
     return float(_rouge1_scorer().score(reference, prediction)["rouge1"].fmeasure)
 
 
-@register_metric("Csum", True, "mean", "Summarisation on XSum: ROUGE-1 F1 against the reference, in %.")
-def Csum(predictions: Sequence[str], references: Sequence[str]) -> float:  # noqa: N802
-    """Mean ROUGE-1 F1 of the summaries, in percent."""
-    _check_lengths(predictions, references)
-    return 100.0 * float(np.mean([rouge1_f(p, r) for p, r in zip(predictions, references)]))
+@register_metric("Csum", aggregation="percent", records="general", higher_is_better=True,
+                 description="Summarisation on XSum: ROUGE-1 F1 against the reference, in %.")
+def Csum(records: Sequence[dict]) -> list[float]:  # noqa: N802
+    """Per XSum summary: its ROUGE-1 F1 against the reference."""
+    return [rouge1_f(r["reply"], r["reference"]) for r in records if r["task"] == "csum"]
+
+
+@register_metric("KQA_contains", aggregation="percent", records="general", higher_is_better=True, in_paper=False,
+                 title="KQA (contains)",
+                 description="KQA with the answer anywhere in the reply, as whole words; small chat models answer in "
+                             "sentences, which exact match scores 0")
+def KQA_contains(records: Sequence[dict]) -> list[float]:  # noqa: N802
+    """Per TriviaQA reply: 1 when a normalised alias occurs in it as whole words.
+
+    Not in the paper: a small chat model answers "The capital of France is Paris.", which exact
+    match scores 0, so only this lenient score shows whether an edit changed what the model knows.
+    """
+    return [contains_match(r["reply"], r["answers"]) for r in _kqa_records(records)]

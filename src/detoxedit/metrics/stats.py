@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from detoxedit.data.schema import UNSAFE_CATEGORIES
-from detoxedit.metrics.safety import SAFETY_METRICS, DG_Avg, JudgedRecord, score_metric
+from detoxedit.metrics.base import metric_specs
+from detoxedit.metrics.safety import JudgedRecord
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def bootstrap_ci(
 
 
 def per_category(records: Sequence[JudgedRecord]) -> dict[str, dict[str, float | None]]:
-    """DS, the four DG metrics and DG_Avg within each unsafety category.
+    """Every per-category metric (DS, the four DG metrics, DG_Avg) within each unsafety category.
 
     Categories come in the release's order, then any others alphabetically. A metric whose
     kind has no records in a category is ``None``, as for the overall metrics.
@@ -51,13 +52,8 @@ def per_category(records: Sequence[JudgedRecord]) -> dict[str, dict[str, float |
     groups: dict[str, list[JudgedRecord]] = {}
     for record in records:
         groups.setdefault(record["category"], []).append(record)
-    return {category: _category_scores(groups[category]) for category in _category_order(groups)}
-
-
-def _category_scores(records: Sequence[JudgedRecord]) -> dict[str, float | None]:
-    scores = {metric: score_metric(records, metric) for metric in SAFETY_METRICS}
-    scores["DG_Avg"] = DG_Avg(records)
-    return scores
+    specs = metric_specs(per_category=True)
+    return {category: {spec.name: spec(groups[category]) for spec in specs} for category in _category_order(groups)}
 
 
 def _category_order(categories: Iterable[str]) -> list[str]:
