@@ -40,7 +40,8 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.models.adapter import get_adapter
 from detoxedit.models.chat import ChatFormat
 from detoxedit.models.generation import truncate_left
-from detoxedit.models.suffix import accepts_logits_to_keep, detach_output
+from detoxedit.models.hooks import trace_all
+from detoxedit.models.suffix import accepts_logits_to_keep
 
 logger = logging.getLogger(__name__)
 
@@ -125,24 +126,12 @@ def _layer_states(
     them, detached) are what a cached-prefix edit can reuse. Hooks are removed before returning.
     """
     device = next(model.parameters()).device
-    layers = get_adapter(model).layers
-    raw: list[Any] = [None] * len(layers)
-
-    def keeper(index: int):
-        def keep(module: nn.Module, args: Any, out: Any) -> None:
-            raw[index] = detach_output(out)
-        return keep
-
-    hooks = [layer.register_forward_hook(keeper(i)) for i, layer in enumerate(layers)]
     # Only hidden states are scored: the LM head over every position would cost as much as ~8 layers.
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-    try:
-        with torch.no_grad():
-            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
-                        use_cache=False, **extra)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with trace_all(list(get_adapter(model).layers)) as seen, torch.no_grad():
+        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                    use_cache=False, **extra)
+    raw = [record.output for record in seen]
     states = list(out.hidden_states[1:])
     if pre_norm_last:
         states[-1] = raw[-1][0] if isinstance(raw[-1], tuple) else raw[-1]

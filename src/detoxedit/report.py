@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.evaluation.records import read_jsonl
+from detoxedit.analysis.figures import distance_profile, layer_histogram
 from detoxedit.metrics import metric_specs
 
 logger = logging.getLogger(__name__)
@@ -124,61 +125,6 @@ def examples(run: RunData, n: int = 3) -> str:
                 block += [f"*{name}* (label {record['label']:g}, score {record['score']:.2f}):", "", _quote(record["reply"]), ""]
         blocks.append("\n".join(block))
     return "\n".join(blocks)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def layer_histogram(items: list[dict[str, Any]], path: Path) -> bool:
-    """Bar chart of located (edited) layers; False when no item recorded a layer."""
-    layers = [r["layer"] for r in items if r.get("layer") is not None]
-    if not layers:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    values = sorted(set(layers))
-    ax.bar(values, [layers.count(v) for v in values], color="#4c72b0")
-    ax.set_xlabel("located layer")
-    ax.set_ylabel("items")
-    ax.set_title("Toxic layer located per item")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def distance_profile(items: list[dict[str, Any]], path: Path) -> bool:
-    """Mean (± std) per-layer distance between safe and unsafe hidden states, from `Edit.info["distances"]`."""
-    import numpy as np
-
-    profiles = [r["info"]["distances"] for r in items if isinstance(r.get("info"), dict) and r["info"].get("distances")]
-    profiles = [p for p in profiles if len(p) == len(profiles[0])] if profiles else []
-    if not profiles:
-        return False
-    data = np.asarray(profiles, dtype=float)  # (items, layers)
-    mean, std = data.mean(axis=0), data.std(axis=0)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    layers = np.arange(data.shape[1])
-    ax.plot(layers, mean, marker="o", color="#c44e52")
-    ax.fill_between(layers, mean - std, mean + std, alpha=0.2, color="#c44e52")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("distance (safe vs unsafe)")
-    ax.set_title(f"Per-layer distance profile (mean ± std over {len(profiles)} items)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
-def _pyplot():
-    """matplotlib with the Agg backend (no display needed), imported only when a figure is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------- reports

@@ -11,6 +11,7 @@ An architecture that discovery cannot read is declared once with `declare_archit
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -163,9 +164,20 @@ class ModelAdapter:
         return {"model_class": type(self.model).__name__, "num_layers": self.num_layers, **asdict(self.spec)}
 
 
+_ADAPTERS: "weakref.WeakKeyDictionary[nn.Module, ModelAdapter]" = weakref.WeakKeyDictionary()
+
+
 def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The adapter for `model` (declared mapping first, else discovered)."""
-    return ModelAdapter(model)
+    """The adapter for `model` (declared mapping first, else discovered), resolved once per model.
+
+    Discovery walks every module of the model; edit loops ask for the adapter at every step, so the
+    result is kept for the model's lifetime (a later `declare_architecture` for its class wins).
+    """
+    declared = _DECLARED.get(type(model).__name__)
+    adapter = _ADAPTERS.get(model)
+    if adapter is None or (declared is not None and adapter.spec is not declared):
+        adapter = _ADAPTERS[model] = ModelAdapter(model)
+    return adapter
 
 
 def discover_architecture(model: nn.Module) -> ArchitectureSpec:

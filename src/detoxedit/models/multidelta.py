@@ -32,6 +32,7 @@ from transformers.pytorch_utils import Conv1D
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.models.adapter import LinearView
+from detoxedit.models.hooks import hooked_all
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +124,9 @@ class RowDeltas:
     def _hooked(self, rows: torch.Tensor) -> Iterator[None]:
         """Hooks for one forward pass over `rows` (original prompt indices, in batch order)."""
         owners = self.row_owner[rows.cpu()]  # (batch,)
-        handles = []
-        try:
-            for module, stacked in self.modules.values():
-                hook = _row_hook(owners, stacked)
-                if hook is not None:
-                    handles.append(module.register_forward_hook(hook))
+        hooks = [(module, _row_hook(owners, stacked), None) for module, stacked in self.modules.values()]
+        with hooked_all((module, hook, None) for module, hook, _ in hooks if hook is not None):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def _row_hook(owners: torch.Tensor, stacked: _ModuleDeltas):

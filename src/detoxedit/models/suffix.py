@@ -30,12 +30,9 @@ from transformers import modeling_utils
 from transformers.pytorch_utils import Conv1D
 
 from detoxedit.models.adapter import LinearView, get_adapter
+from detoxedit.models.hooks import hooked, run_until, trace
 
 logger = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing above the captured layer needs computing."""
 
 
 class _CachedLayer(nn.Module):
@@ -49,42 +46,9 @@ class _CachedLayer(nn.Module):
         return self.output
 
 
-def detach_output(value: Any) -> Any:
-    """Detaches a layer output: a tensor, or (older transformers) a tuple whose first entry is one."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple):
-        return tuple(detach_output(v) for v in value)
-    return value
-
-
 def capture_layer_output(model: nn.Module, layer: int, inputs: dict[str, torch.Tensor]) -> Any:
     """The output of decoder layer `layer` for `inputs`, exactly as the layer returned it (detached)."""
-    return _output_of(model, get_adapter(model).layers[layer], inputs)
-
-
-def _output_of(model: nn.Module, module: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
-    """Runs `model` on `inputs` without grad until `module` returns; its output, detached.
-
-    Takes the module rather than a layer index so that it also works while stubs stand in for
-    some layers (the model's layer list is then not one of identical blocks)."""
-    captured: dict[str, Any] = {}
-
-    def hook(module: nn.Module, args: Any, output: Any) -> None:
-        captured["output"] = detach_output(output)
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            model(**inputs, use_cache=False)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if "output" not in captured:
-        raise RuntimeError(f"{type(model).__name__}: {type(module).__name__} was never called during the forward pass")
-    return captured["output"]
+    return run_until(model, get_adapter(model).layers[layer], inputs)
 
 
 @contextlib.contextmanager
@@ -205,21 +169,15 @@ class SuffixForward:
 
     def _layer_output(self, projection: nn.Module, add: torch.Tensor | None = None) -> tuple[Any, torch.Tensor]:
         """(output of the edited layer, input of `projection`), optionally with x @ `add` added to its output."""
-        seen: dict[str, torch.Tensor] = {}
+        def plus_change(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            return out + args[0] @ add
 
-        def on_projection(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
-            seen["x"] = args[0].detach()
-            return out + args[0] @ add if add is not None else out
-
-        handle = projection.register_forward_hook(on_projection)
         context = (layers_replaced(self.layers, self.layer, self.cached) if self.cached is not None
                    else contextlib.nullcontext())
-        try:
-            with context:
-                output = _output_of(self.model, self.layers[self.layer], self.inputs)
-        finally:
-            handle.remove()
-        return output, seen["x"]
+        change = hooked(projection, forward=plus_change) if add is not None else contextlib.nullcontext()
+        with context, trace(projection) as seen, change:
+            output = run_until(self.model, self.layers[self.layer], self.inputs)
+        return output, seen.input
 
     def logits(self, keep_last: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the last `keep_last` positions, (batch, keep_last, vocab).
@@ -299,9 +257,5 @@ def _positions_only(module: nn.Module, positions: torch.Tensor, seq: int) -> Ite
         full = hidden.new_zeros((hidden.shape[0], seq, hidden.shape[2])).index_copy(1, positions, hidden)
         return _with_first(out, full)
 
-    handles = [module.register_forward_pre_hook(narrow), module.register_forward_hook(widen)]
-    try:
+    with hooked(module, pre=narrow, forward=widen):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
