@@ -242,7 +242,7 @@ def generation_only(args: argparse.Namespace, max_new_tokens: int) -> list[dict[
     """HF batched `generate` vs detoxedit's simple and fast engines on the same dev prompts, same process."""
     from detoxedit.data import load_safeedit
     from detoxedit.models import ChatFormat, load_model
-    from detoxedit.models.generation import Batching, generate_ids, stop_token_ids, truncate_left
+    from detoxedit.models.generation import Batching, FastEngine, SimpleEngine, generate_ids, stop_token_ids, truncate_left
 
     torch.set_num_threads(args.threads)
     model, tok = load_model("default")
@@ -259,13 +259,14 @@ def generation_only(args: argparse.Namespace, max_new_tokens: int) -> list[dict[
         elif variant == "fast-bf16":  # an experiment, not a detoxedit option: weights and activations in bfloat16
             bf16 = copy.deepcopy(model).to(torch.bfloat16)
             start, cpu = time.perf_counter(), time.process_time()  # the copy is not generation time
-            out = generate_ids(bf16, tok, encoded, max_new_tokens, progress=False, engine="fast")
+            out = generate_ids(bf16, tok, encoded, max_new_tokens, progress=False, engine=FastEngine())
             del bf16
         elif variant == "fast-noshare":  # the fast engine with every prompt prefilled in full
             out = generate_ids(model, tok, encoded, max_new_tokens, progress=False,
                                batching=Batching(share_prefixes=False))
         else:
-            out = generate_ids(model, tok, encoded, max_new_tokens, progress=False, engine=variant)
+            engine = {"fast": FastEngine(), "simple": SimpleEngine()}[variant]
+            out = generate_ids(model, tok, encoded, max_new_tokens, progress=False, engine=engine)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         outputs[variant] = [_cut(ids, set(stops)) for ids in out]
         n = sum(len(ids) for ids in outputs[variant])

@@ -7,7 +7,8 @@ import torch
 from tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 from detoxedit.models import Batching, ChatFormat, Sampling, generate, generate_ids
-from detoxedit.models.generation import decode_reply, plan_batches, stop_token_ids, truncate_left
+from detoxedit.models.generation import decode_reply, stop_token_ids, truncate_left
+from detoxedit.models.generation.planning import plan_batches
 
 PROMPTS = ["hi", "a somewhat longer prompt", "x", "what is going on here, tell me", "ok"]
 

@@ -11,11 +11,9 @@ from transformers import MistralConfig, MistralForCausalLM
 from transformers.cache_utils import DynamicLayer
 
 from detoxedit.models import Batching, ChatFormat, Sampling, generate, generate_ids
-from detoxedit.models import generation
-from detoxedit.models.generation import (
-    _preallocatable, _PreallocatedLayer, _TieredLayer, plan_batches, plan_prefill, plan_tiers, stop_token_ids,
-    tier_positions,
-)
+from detoxedit.models.generation import FastEngine, SimpleEngine, fast, planning, stop_token_ids
+from detoxedit.models.generation.cache import PreallocatedLayer, TieredLayer, preallocatable
+from detoxedit.models.generation.planning import plan_batches, plan_prefill, plan_tiers, tier_positions
 from detoxedit.models.multidelta import RowDeltas
 
 # Several distinct lengths, two of equal length, a one-token prompt: every staircase case.
@@ -37,10 +35,10 @@ def _hf_greedy(model, tok, ids: list[int], max_new_tokens: int) -> list[int]:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_engine_equals_hf_one_at_a_time_and_simple_engine(family: str) -> None:
     model, tok = tiny_model(family), tiny_tokenizer()
-    assert _preallocatable(model, 100)  # mistral: a 4096-token window never slides here
+    assert preallocatable(model, 100)  # mistral: a 4096-token window never slides here
     encoded = _encoded(tok)
-    fast = generate_ids(model, tok, encoded, 10, progress=False, engine="fast")
-    assert fast == generate_ids(model, tok, encoded, 10, progress=False, engine="simple")
+    fast = generate_ids(model, tok, encoded, 10, progress=False, engine=FastEngine())
+    assert fast == generate_ids(model, tok, encoded, 10, progress=False, engine=SimpleEngine())
     assert fast == [_hf_greedy(model, tok, ids, 10) for ids in encoded]
 
 
@@ -51,14 +49,14 @@ def test_fast_engine_keeps_input_order_when_rows_stop_early() -> None:
         model.lm_head.weight[eos] += 0.5 * model.lm_head.weight[ord("x")]
     encoded = _encoded(tok)[::-1]  # shortest first: the engine must sort and unsort
     fast = generate_ids(model, tok, encoded, 12, progress=False)
-    assert fast == [generate_ids(model, tok, [ids], 12, progress=False, engine="simple")[0] for ids in encoded]
+    assert fast == [generate_ids(model, tok, [ids], 12, progress=False, engine=SimpleEngine())[0] for ids in encoded]
 
 
 def test_fast_engine_sampling_is_seeded_and_matches_simple_engine() -> None:
     model, tok = tiny_model("qwen2"), tiny_tokenizer()
     sampled = Sampling(do_sample=True, temperature=1.3, top_p=0.9, seed=5)
     fast = generate(model, tok, PROMPTS, 8, sampling=sampled, progress=False)
-    assert fast == generate(model, tok, PROMPTS, 8, sampling=sampled, progress=False, engine="simple")
+    assert fast == generate(model, tok, PROMPTS, 8, sampling=sampled, progress=False, engine=SimpleEngine())
 
 
 def _check_per_row_deltas_equal_each_edit_alone(family: str, encoded: list[list[int]], owners: list[int], n: int) -> None:
@@ -109,22 +107,22 @@ def test_sliding_window_that_would_slide_falls_back_to_the_simple_engine() -> No
     config = MistralConfig(vocab_size=262, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, sliding_window=8, eos_token_id=258)
     model, tok = MistralForCausalLM(config).eval(), tiny_tokenizer()
-    assert not _preallocatable(model, 9) and _preallocatable(model, 8)
+    assert not preallocatable(model, 9) and preallocatable(model, 8)
     encoded = _encoded(tok)[:4]
     assert generate_ids(model, tok, encoded, 6, progress=False) == \
-        generate_ids(model, tok, encoded, 6, progress=False, engine="simple")
+        generate_ids(model, tok, encoded, 6, progress=False, engine=SimpleEngine())
 
 
-def test_unknown_engine_is_refused() -> None:
+def test_an_engine_is_an_object_not_a_name() -> None:
     model, tok = tiny_model("llama"), tiny_tokenizer()
-    with pytest.raises(ValueError, match="engine"):
+    with pytest.raises(TypeError, match="engine must be an engine object"):
         generate_ids(model, tok, [[1, 2]], 2, engine="turbo")
 
 
 def test_preallocated_layer_behaves_like_a_dynamic_layer() -> None:
     torch.manual_seed(0)
     keys = [torch.randn(3, 2, n, 4) for n in (5, 1, 1)]
-    dynamic, fast = DynamicLayer(), _PreallocatedLayer(capacity=6)
+    dynamic, fast = DynamicLayer(), PreallocatedLayer(capacity=6)
     for k in keys:  # the third update overflows the capacity of 6 and must grow
         expected = dynamic.update(k, -k)
         got = fast.update(k, -k)
@@ -138,7 +136,7 @@ def test_preallocated_layer_behaves_like_a_dynamic_layer() -> None:
 
 
 def test_preallocated_layer_left_aligns_rows_of_a_staircase_prefill() -> None:
-    layer = _PreallocatedLayer(capacity=5)
+    layer = PreallocatedLayer(capacity=5)
     layer.update(torch.tensor([[[[1.0], [2.0]]], [[[5.0], [6.0]]]]), torch.zeros(2, 1, 2, 1))  # both rows: 2 tokens
     layer.window(0, 1, 2)  # row 1 is a 2-token prompt; row 0 runs on
     layer.update(torch.tensor([[[[3.0]]]]), torch.zeros(1, 1, 1, 1))
@@ -223,9 +221,9 @@ def test_shared_prefixes_with_per_row_deltas_share_only_within_one_owner() -> No
 
 
 def test_preallocated_layer_copies_a_shared_prefix_into_a_window_of_rows() -> None:
-    source = _PreallocatedLayer(capacity=3, total_rows=1)
+    source = PreallocatedLayer(capacity=3, total_rows=1)
     source.update(torch.tensor([[[[1.0], [2.0]]]]), torch.tensor([[[[3.0], [4.0]]]]))
-    target = _PreallocatedLayer(capacity=4, total_rows=3)
+    target = PreallocatedLayer(capacity=4, total_rows=3)
     target.copy_prefix(1, 3, source, 0, 2)
     target.window(1, 2, 2)  # rows 1..2 go on from position 2
     keys, values = target.update(torch.tensor([[[[7.0]]], [[[8.0]]]]), torch.zeros(2, 1, 1, 1))
@@ -251,10 +249,10 @@ def test_plan_batches_counts_tiered_positions_so_short_rows_join_a_long_one() ->
 
 
 def test_tiered_layer_writes_each_tier_and_drops_emptied_tiers() -> None:
-    wide, narrow = _PreallocatedLayer(capacity=6), _PreallocatedLayer(capacity=4)
+    wide, narrow = PreallocatedLayer(capacity=6), PreallocatedLayer(capacity=4)
     wide.update(torch.ones(1, 1, 4, 2), torch.ones(1, 1, 4, 2))  # one row of a 4-token prompt
     narrow.update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))  # two rows of 2-token prompts
-    layer = _TieredLayer([wide, narrow], 4)
+    layer = TieredLayer([wide, narrow], 4)
     step = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 1, 2)
     keys, values = layer.update(step, -step)
     assert keys.shape == (3, 1, 5, 2) and layer.get_seq_length() == 5
@@ -270,10 +268,10 @@ def test_tiered_layer_writes_each_tier_and_drops_emptied_tiers() -> None:
 @pytest.fixture
 def forced_tiers(monkeypatch):
     """Every distinct length its own tier; records how many tiers each tiered batch had."""
-    monkeypatch.setattr(generation, "TIER_OVERHEAD_POSITIONS", 0)
+    monkeypatch.setattr(planning, "TIER_OVERHEAD_POSITIONS", 0)
     counts: list[int] = []
-    real = generation._tiered_cache
-    monkeypatch.setattr(generation, "_tiered_cache",
+    real = fast.tiered_cache
+    monkeypatch.setattr(fast, "tiered_cache",
                         lambda model, tiers, width: counts.append(len(tiers)) or real(model, tiers, width))
     return counts
 

@@ -10,8 +10,8 @@ from tiny import FAMILIES, tiny_model, tiny_tokenizer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from detoxedit.models import generate_ids
-from detoxedit.models import kernels
-from detoxedit.models.kernels import few_row_linear, plan_key_groups, skip_padded_keys
+from detoxedit.models.generation import kernels
+from detoxedit.models.generation.kernels import GROUPED_ATTENTION, few_row_linear, plan_key_groups, skip_padded_keys
 
 
 @pytest.mark.parametrize("shape", [(1, 16), (3, 16), (2, 1, 16), (4, 4, 16), (4, 5, 16)])
@@ -55,14 +55,28 @@ def test_plan_key_groups_splits_rows_by_their_first_key() -> None:
     assert plan_key_groups([900], keys=1000) == [(0, 1, 900)]
 
 
-def test_skip_padded_keys_puts_the_registry_back_even_after_an_error() -> None:
+def test_skip_padded_keys_switches_the_models_attention_back_even_after_an_error() -> None:
     model = tiny_model("llama")
     before = ALL_ATTENTION_FUNCTIONS["sdpa"]
     with pytest.raises(RuntimeError):
         with skip_padded_keys(model):
-            assert ALL_ATTENTION_FUNCTIONS["sdpa"] is not before
+            assert model.config._attn_implementation == GROUPED_ATTENTION
             raise RuntimeError("boom")
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before and "sdpa" not in ALL_ATTENTION_FUNCTIONS._local_mapping
+    assert model.config._attn_implementation == "sdpa"
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is before  # transformers' own sdpa entry is never replaced
+
+
+def test_few_row_products_are_for_cpu_only(monkeypatch) -> None:
+    model = tiny_model("llama")
+    entered = []
+    monkeypatch.setattr(kernels, "few_row_linear", lambda: entered.append(1) or kernels._WeightFirstLinear())
+    with kernels.generation_kernels(model):
+        pass
+    assert entered == [1]
+    monkeypatch.setattr(torch.nn.Parameter, "device", property(lambda self: torch.device("cuda", 0)), raising=False)
+    with kernels.generation_kernels(model):
+        pass
+    assert entered == [1]  # a table measured on one CPU is not applied to a GPU
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -225,9 +225,8 @@ class SuffixForward:
 
         Why: the last layer's output at any other position reaches nothing (no layer above reads it,
         and the head skips it), so its MLP there is wasted. With the located layer just below the top
-        (layer 28 of 30 on the default model) that MLP over the prompt is a visible part of a step:
-        on a 487-token edit input with 55 target tokens, 249-283 -> 204-243 ms a step (three A/B
-        pairs), with bit-identical deltas on five items. Keys and values of the last layer still
+        (layer 28 of 30 on the default model) that MLP over the prompt is a visible part of a step
+        (benchmarks/README.md has the A/B timings; the deltas were bit-identical). Keys and values of the last layer still
         come from every position (its attention is untouched). The MLP is position-wise, so the kept
         positions get the same numbers; the others get zeros.
         """

@@ -1,29 +1,22 @@
 """Faster kernels for the shapes generation runs, with the same maths: two scoped switches.
 
-1. `few_row_linear`: `F.linear(x, W)` computes `x @ W^T`. With few rows in `x` (a decoding step has one row per
-sequence; the last chunks of a staircase prefill have a handful of positions), the CPU BLAS that
-PyTorch uses here runs it far below memory speed: on this project's 2-core machine the products of
-the whole default model (30 layers and the LM head, weights not in cache) took 67-88 ms a step for
-2-3 rows, while the same products written as `(W @ x^T)^T` took 19-27 ms. That second form is fast
-only for some row counts: 2-9, and multiples of 8 (16 rows: 61 against 77 ms), while at 13-15 or
-25-31 rows it was 15-50% slower than `F.linear`; one row runs as a matrix-vector product at 42 ms
-either way, and as two rows (a zero row added) at 19 ms. `weight_first_rows` encodes that measured
-table (benchmarks/README.md). In real decoding one row went from 64 to 37 ms a step; at 13 and 23
-rows the choice was within this machine's noise. Both forms compute the same dot products, and
-greedy replies were identical in every check.
-
-`few_row_linear()` switches the qualifying `F.linear` calls to the second form for the duration of a
-block, whatever the architecture: it intercepts the function, not a module type. Layers that do not
-call `F.linear` (GPT-2's Conv1D) keep their own kernel.
+1. `few_row_linear` (CPU only): `F.linear(x, W)` computes `x @ W^T`. With few rows in `x` (a
+decoding step has one row per sequence; the last chunks of a staircase prefill have a handful of
+positions), the CPU BLAS that PyTorch uses runs it far below memory speed, while the same products
+written as `(W @ x^T)^T` run several times faster, for some row counts only. `weight_first_rows`
+encodes the table measured on this project's CPU (benchmarks/README.md has the numbers), so it is
+applied on CPU devices only; on a GPU every call keeps `F.linear`. It intercepts the function, not
+a module type, so it works for every architecture that calls `F.linear` (GPT-2's Conv1D keeps its
+own kernel). Both forms compute the same dot products.
 
 2. `skip_padded_keys`: in a decoding step every row attends over the batch's whole left-padded
 cache, so a 40-token prompt decoded beside a 1,000-token one reads ~1,000 masked keys per layer and
-step (in the runner's first 5-item batch, 74% of the keys read were padding, and attention was a
-third of the decoding time). Inside the block, a decoding step's attention runs per group of
-neighbouring rows, each over the keys from its first non-pad position on: 10-12% less time per
-decoding step there. Masked keys have weight zero, so only the rounding of the softmax sums can differ.
-The same attention reads keys kept in tiers (`TieredKV`): the fast engine's cache for rows of very
-different prompt lengths, which needs a third of the memory of one padded cache.
+step. Inside the block, a decoding step's attention runs per group of neighbouring rows, each over
+the keys from its first non-pad position on. Masked keys have weight zero, so only the rounding of
+the softmax sums can differ. The same attention reads keys kept in tiers (`TieredKV`): the fast
+engine's cache for rows of very different prompt lengths. It is registered with transformers'
+public attention interface (`AttentionInterface.register`, with the SDPA mask) under its own name,
+and the model's attention implementation is switched to it for the block only.
 """
 
 from __future__ import annotations
@@ -36,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-# Above this many rows `F.linear` was as fast in every measurement (250 rows: 541 against 418 ms a model step).
+# Above this many rows `F.linear` was as fast in every measurement (benchmarks/README.md, the row-count sweep).
 FEW_ROWS = 64
 
 
 def weight_first_rows(rows: int, max_rows: int = FEW_ROWS) -> int | None:
     """How many rows to compute `(W @ x^T)^T` with (zero rows appended), or None to keep `F.linear`.
 
-    The measured table on this machine's BLAS (module docstring): one row is padded to two, 2-9 rows
+    The table measured on this project's CPU BLAS (benchmarks/README.md): one row is padded to two, 2-9 rows
     and multiples of 8 take the second form, other counts keep `F.linear`.
     """
     if rows < 1 or rows > max_rows:
@@ -93,8 +86,9 @@ class _WeightFirstLinear(TorchFunctionMode):
 
 @contextlib.contextmanager
 def generation_kernels(model: torch.nn.Module) -> Iterator[None]:
-    """Both switches, for the fast engine's prefill and decoding of one batch."""
-    with few_row_linear(), skip_padded_keys(model):
+    """Both switches, for the fast engine's prefill and decoding of one batch (few-row products on CPU only)."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    with few_row_linear() if on_cpu else contextlib.nullcontext(), skip_padded_keys(model):
         yield
 
 
@@ -102,29 +96,39 @@ def generation_kernels(model: torch.nn.Module) -> Iterator[None]:
 GROUP_OVERHEAD_KEYS = 256
 
 
+GROUPED_ATTENTION = "detoxedit_grouped_sdpa"
+"""The name `skip_padded_keys` registers its attention under (transformers' AttentionInterface)."""
+
+
 @contextlib.contextmanager
 def skip_padded_keys(model: torch.nn.Module) -> Iterator[None]:
     """Inside the block, decoding steps of `model` attend only over non-pad keys (see module doc).
 
     Applies to models on PyTorch's SDPA attention (the transformers default on CPU); others run
-    as they are. The switch is the transformers attention registry's `sdpa` entry, replaced for
-    the block only and always put back.
+    as they are. The model's attention implementation is switched to the grouped one for the block
+    and always switched back.
     """
     if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
         yield
         return
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    local = ALL_ATTENTION_FUNCTIONS._local_mapping
-    before = local.get("sdpa")
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = _RowGroupedAttention(ALL_ATTENTION_FUNCTIONS["sdpa"])
+    _register_grouped_attention()
+    model.set_attn_implementation(GROUPED_ATTENTION)
     try:
         yield
     finally:
-        if before is None:
-            local.pop("sdpa", None)
-        else:
-            local["sdpa"] = before
+        model.set_attn_implementation("sdpa")
+
+
+def _register_grouped_attention() -> None:
+    """Registers the grouped attention (with the SDPA mask it expects) once per process."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if GROUPED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(GROUPED_ATTENTION, _RowGroupedAttention(sdpa_attention_forward))
+        AttentionMaskInterface.register(GROUPED_ATTENTION, sdpa_mask)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class TieredKV:
     Why: a batch's KV cache padded to its longest prompt wastes most of its memory when 40-token and
     1,000-token prompts decode together (3x in the runner's first 5-item batch), and that memory is
     what limits the batch size. The fast engine keeps rows of similar prompt length in one buffer
-    each (`generation._TieredLayer`); `parts` holds, per tier, its rows lo..hi of the batch, the
+    each (`cache.TieredLayer`); `parts` holds, per tier, its rows lo..hi of the batch, the
     global key position of the tier's first key (`offset`: the tier is left-padded to a narrower
     width than the batch), and the tier's tensor (rows, kv_heads, keys, head_dim). `shape` is that
     of the padded tensor the tiers stand for. Only `skip_padded_keys`'s attention accepts it.
@@ -145,8 +149,9 @@ class TieredKV:
 
 
 def tiered_kv_supported(model: torch.nn.Module) -> bool:
-    """Whether the model's decoding attention goes through `skip_padded_keys`, which reads `TieredKV`."""
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+    """Whether the model's decoding attention goes through `skip_padded_keys`, which reads `TieredKV`
+    (an SDPA model, or one inside that block already)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", GROUPED_ATTENTION)
 
 
 class _RowGroupedAttention:
