@@ -88,8 +88,9 @@ def test_unknown_judge_lists_registered_names():
         load_judge("nonsense")
 
 
-@pytest.mark.parametrize("name", ["refusal", "embedded", "hf"])
+@pytest.mark.parametrize("name", JUDGES.names())
 def test_empty_reply_scores_half_and_is_labelled_half(name, head_dir, tiny_classifier_dir):
+    """Every registered judge (a new one needs a test instance in `all_judges`)."""
     judge = all_judges(head_dir, tiny_classifier_dir)[name]
     texts = ["", "   \n", REFUSAL, COMPLIANCE]
     scores = judge.score(texts)
