@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -49,17 +49,20 @@ class Source:
     n: int = 340
     max_new_tokens: int = 128
     system_prompts: tuple[str | None, ...] = (None,)
-    temperatures: tuple[float, ...] = ()  # empty: greedy
+    temperatures: tuple[float, ...] = ()  # empty: greedy; else each prompt once per temperature
+    onlyq_share: float = 0.0  # share of prompts drawn from the bare harmful questions (onlyQ inputs)
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
+# Small models comply far more often with a bare harmful question than with a jailbreak they cannot
+# follow (vanilla chat: 15 of 51 onlyQ replies unsafe, 6 of 251 others), so the sources that should
+# supply unsafe replies draw half (or all) of their prompts from the onlyQ inputs.
 SOURCES: dict[str, Source] = {
     "smollm_chat": Source(seed=11),
-    "smollm_raw": Source(chat_format="raw", seed=12),
-    "smollm_system": Source(system_prompts=SYSTEM_PROMPTS, seed=13),
-    "smollm_sampled": Source(temperatures=(0.7, 0.85, 1.0), seed=14),
-    "gemma_plain": Source(model="gemma3-270m", chat_format="plain", n=400, seed=15),
+    "smollm_raw": Source(chat_format="raw", onlyq_share=0.5, seed=12),
+    "smollm_system": Source(system_prompts=SYSTEM_PROMPTS, onlyq_share=0.5, seed=13),
+    "smollm_sampled": Source(temperatures=(0.7, 0.85, 1.0), onlyq_share=1.0, n=420, seed=14),
+    "gemma_plain": Source(model="gemma3-270m", chat_format="plain", n=400, onlyq_share=0.5, seed=15),
     "benign_smollm": Source(prompts="benign", n=400, seed=16),
     "benign_gemma": Source(model="gemma3-270m", chat_format="plain", prompts="benign", n=400, seed=17),
 }
@@ -73,6 +76,15 @@ def safeedit_prompts(shared: Path) -> list[tuple[dict, str]]:
             for kind, text in item.inputs().items():
                 out.append(({"data": name, "item": item.id, "kind": kind}, text))
     return out
+
+
+def own_questions() -> list[tuple[dict, str]]:
+    """The project's own harmful questions (the built-in benchmark's `questions.yaml`), as bare questions."""
+    from detoxedit.data.builtin import QUESTIONS
+
+    categories = yaml.safe_load(QUESTIONS.read_text(encoding="utf-8"))["categories"]
+    texts = [q["question"] for questions in categories.values() for q in questions]
+    return [({"data": "questions.yaml", "index": i, "kind": "onlyQ"}, text) for i, text in enumerate(texts)]
 
 
 def benign_prompts(shared: Path, seed: int) -> list[tuple[dict, str]]:
@@ -89,13 +101,28 @@ def benign_prompts(shared: Path, seed: int) -> list[tuple[dict, str]]:
     return out
 
 
+def draw(source: Source, pool: list[tuple[dict, str]], n: int, rng: random.Random) -> list[tuple[dict, str, float | None]]:
+    """(reference, prompt, temperature) rows: `onlyq_share` of them bare questions (each question text once
+    per temperature), the rest other inputs."""
+    temperatures = source.temperatures or (None,)
+    questions = list({text: (ref, text) for ref, text in pool if ref.get("kind") == "onlyQ"}.values())
+    others = [(ref, text) for ref, text in pool if ref.get("kind") != "onlyQ"]
+    if not source.onlyq_share:
+        others, questions = pool, []
+    rows_q = [(ref, text, t) for ref, text in questions for t in temperatures]
+    rows_o = [(ref, text, t) for ref, text in others for t in temperatures]
+    n_q = min(round(n * source.onlyq_share), len(rows_q))
+    return rng.sample(rows_q, n_q) + rng.sample(rows_o, min(n - n_q, len(rows_o)))
+
+
 def make(source_name: str, out: Path, shared: Path, n: int | None) -> Path:
     source = SOURCES[source_name]
-    pool = safeedit_prompts(shared) if source.prompts == "safeedit" else benign_prompts(shared, source.seed)
+    pool = safeedit_prompts(shared) + own_questions() if source.prompts == "safeedit" else benign_prompts(shared, source.seed)
     rng = random.Random(source.seed)
-    chosen = rng.sample(pool, min(n or source.n, len(pool)))
+    rows = draw(source, pool, n or source.n, rng)
+    chosen = [(ref, text) for ref, text, _ in rows]
+    temperatures = [t for _, _, t in rows]
     systems = [rng.choice(source.system_prompts) for _ in chosen]
-    temperatures = [rng.choice(source.temperatures) if source.temperatures else None for _ in chosen]
     model, tokenizer = load_model(source.model)
     records = []
     for system in sorted(set(systems), key=str):

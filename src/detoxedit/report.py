@@ -86,6 +86,26 @@ def table1(rows: Sequence[tuple[str, dict[str, Any]]], with_ci: bool = True) -> 
     return "\n".join(lines)
 
 
+def corrected_table(rows: Sequence[tuple[str, dict[str, Any]]], metrics: dict[str, Any], with_ci: bool = True) -> str:
+    """The judged metrics (DS, DG) corrected for the judge's measured error rates, or why they are not."""
+    rates, note = metrics.get("judge_errors"), metrics.get("correction", "")
+    specs = metric_specs(judged=True)
+    if not any("corrected" in (m.get(s.name) or {}) for _, m in rows for s in specs):
+        return f"No correction for the judge's error: {note or 'this run predates judge-error correction'}."
+    lines = [f"Corrected for the judge's error ({note}): judge recall {rates['recall']:.3f} "
+             f"(TP {rates['tp']}, FN {rates['fn']}), specificity {rates['specificity']:.3f} (TN {rates['tn']}, FP "
+             f"{rates['fp']}), measured on {rates.get('measured_on') or 'labelled replies'}.", "",
+             "| Method | " + " | ".join(f"{s.column} raw | {s.column} corrected" for s in specs) + " |",
+             "|" + "---|" * (1 + 2 * len(specs))]
+    for name, values in rows:
+        cells = []
+        for spec in specs:
+            entry = values.get(spec.name) or {}
+            cells += [_cell(entry, with_ci=False), _cell(entry.get("corrected"), with_ci)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def category_table(per_category: dict[str, dict[str, Any]], counts: dict[str, int]) -> str:
     """The per-category metrics within each unsafety category (no intervals: categories are small)."""
     specs = metric_specs(per_category=True)
@@ -165,7 +185,7 @@ def run_report(run: RunData, figures: bool = True) -> str:
     parts = [f"# detoxedit run: {run.folder.name}", "", _settings_line(run.config, run.metrics.get("n_items")), "",
              "## Results (Table 1 layout)", "", table1(rows), "",
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
-             *beyond_paper_note(rows)]
+             *beyond_paper_note(rows), "## Judge error", "", corrected_table(rows, run.metrics), ""]
     for variant in ("vanilla", "edited"):
         data = run.variant(variant)
         if data:
@@ -222,8 +242,16 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
             rows.append((f"{run.method.upper()} ({run.folder.name})", run.variant("edited")["metrics"]))
     parts = ["# detoxedit comparison", "", table1(rows), "",
              "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses. " + DG_AVG_NOTE, "",
-             *beyond_paper_note(rows), "## Runs", ""]
+             *beyond_paper_note(rows), "## Judge error", "", _shared_correction(runs, rows), "", "## Runs", ""]
     parts += [f"- `{run.folder}`: {_settings_line(run.config, run.metrics.get('n_items'))}" for run in runs]
     if len(baselines) > 1:
         parts += ["", "Note: the runs do not share one baseline (model, data or settings differ); compare with care."]
     return "\n".join(parts) + "\n"
+
+
+def _shared_correction(runs: Sequence[RunData], rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The corrected table when every run was judged with the same judge and error rates."""
+    judged = {json.dumps([run.config.get("judge"), run.metrics.get("judge_errors")], sort_keys=True) for run in runs}
+    if len(judged) > 1:
+        return "The runs were judged by different judges or with different error rates: see each run's report.md."
+    return corrected_table(rows, runs[0].metrics)

@@ -33,8 +33,9 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.evaluation.config import RunConfig, config_differences
 from detoxedit.evaluation.general import general_records, general_tasks
 from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn
-from detoxedit.evaluation.scoring import summarize
+from detoxedit.evaluation.scoring import correction_note, summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
+from detoxedit.metrics.correction import JudgeErrorRates
 from detoxedit.methods.base import GLOBAL, Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
 from detoxedit.models.generation import Batching, Sampling
 from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
@@ -138,10 +139,20 @@ class Runner:
             self.edits(items)
         if self.cfg.general:
             self.general(items)
-        metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed)
-        metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge}
+        rates = self.judge_error_rates()
+        metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed, rates)
+        metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge,
+                    **correction_note(self.cfg.judge, rates)}
         (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         return metrics
+
+    def judge_error_rates(self) -> JudgeErrorRates | None:
+        """The judge's error rates: from --judge-errors, else the ones the judge ships (at its own threshold)."""
+        if self.cfg.judge_errors:
+            return JudgeErrorRates.read(self.cfg.judge_errors)
+        if self.cfg.threshold is not None:
+            return None  # the shipped rates were measured at the judge's own threshold
+        return self.judge.error_rates
 
     def _clean_logs(self) -> None:
         """Drops torn lines, duplicates and edited replies of items that never finished (on resume)."""
@@ -176,13 +187,14 @@ class Runner:
             cache.add(chunk, self.generator(chunk, max_new_tokens))
         return [cache.replies[p] for p in prompts]
 
-    def _judge(self, replies: list[str]) -> tuple[list[float], list[float]]:
-        """Scores and labels (1 unsafe, 0 safe, 0.5 empty), judged in batches."""
+    def _judge(self, replies: list[str], prompts: list[str]) -> tuple[list[float], list[float]]:
+        """Scores and labels (1 unsafe, 0 safe, 0.5 empty), judged in batches; each reply with its request
+        (the SafeEdit input as the user gave it: a judge that reads requests uses it, others ignore it)."""
         size = self.cfg.judge_batch_size
         scores: list[float] = []
         starts = range(0, len(replies), size)
         for start in tqdm(starts, desc="judge", unit="batch", disable=not self.cfg.progress or len(starts) < 3):
-            scores += self.judge.score(replies[start:start + size])
+            scores += self.judge.score(replies[start:start + size], prompts[start:start + size])
         return scores, self.judge.labels_from_scores(replies, scores)
 
     # -- vanilla
@@ -196,7 +208,7 @@ class Runner:
             return
         logger.info("Vanilla replies: %d inputs of %d items", len(todo), len(items))
         replies = self._cached_generate([text for _, _, text in todo], self.cfg.max_new_tokens)
-        scores, labels = self._judge(replies)
+        scores, labels = self._judge(replies, [text for _, _, text in todo])
         self.generations.append(
             _generation_record(item, "vanilla", kind, text, reply, score, label)
             for (item, kind, text), reply, score, label in zip(todo, replies, scores, labels)
@@ -272,7 +284,7 @@ class Runner:
         generate_s = time.perf_counter() - start
         flat = [reply for per_item in replies for reply in per_item.values()]
         start = time.perf_counter()
-        scores, labels = self._judge(flat)
+        scores, labels = self._judge(flat, [text for item in batch for text in item.inputs().values()])
         judge_s = time.perf_counter() - start
         start = time.perf_counter()
         self._verify(sorted({n for e in edits for n in e.deltas}), f"items {batch[0].id}..{batch[-1].id}: after generation")
@@ -410,6 +422,8 @@ def run_protocol(
     method = method if method is not None else build_method(cfg.method, cfg.method_config)
     items = load_items(cfg)
     train_items = load_safeedit(cfg.train) if cfg.train else []
+    if cfg.judge_errors:
+        JudgeErrorRates.read(cfg.judge_errors)  # a bad file fails now, not after the replies are generated
     resolved = resolved_config(cfg)
     resumed = check_run_folder(folder, resolved, overwrite)
     if model is None:

@@ -57,7 +57,7 @@ class ScriptedJudge(Judge):
     def _score_texts(self, texts: list[str]) -> list[float]:
         return [1.0] * len(texts)
 
-    def score(self, texts):
+    def score(self, texts, prompts=None):
         return [0.0 if i in self.safe_at else 1.0 for i in range(len(texts))]
 
 

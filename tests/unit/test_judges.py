@@ -174,9 +174,9 @@ def test_head_load_rejects_missing_or_broken_files(tmp_path):
 
 def test_embedded_judge_loads_lazily_and_reads_the_head_threshold(head_dir):
     judge = EmbeddedJudge(head_dir, encoder=FakeEncoder())
-    assert judge._head is None  # nothing loaded at construction
+    assert judge._heads is None  # nothing loaded at construction
     judge.score(["x"])
-    assert judge._head is not None and judge.threshold == pytest.approx(0.5)
+    assert judge._heads is not None and judge.threshold == pytest.approx(0.5)
 
 
 def test_keyword_features_look_at_the_start_and_the_whole_reply():
@@ -340,7 +340,7 @@ def test_embedded_judge_reads_a_shared_model_only_when_it_is_the_heads_generator
     assert judge.share_model(*tiny_pair, "default", "float32")
     own_copy = EmbeddedJudge(tmp_path, generator=tiny_pair).load()
     assert judge.score([REFUSAL, COMPLIANCE]) == own_copy.score([REFUSAL, COMPLIANCE])  # and nothing was loaded
-    assert judge.extractor._generators[2]._pair[0] is tiny_pair[0]
+    assert judge.extractor.chat._pair[0] is tiny_pair[0]
     assert not judge.share_model(*tiny_pair, "default", "float32")  # it already has one
     Head([np.zeros((3, 1))], [np.zeros(1)], ("refusal_phrases",)).save(tmp_path / "plain")
     assert not EmbeddedJudge(tmp_path / "plain").share_model(*tiny_pair, "default", "float32")
@@ -368,7 +368,7 @@ class CountingExtractor:
     def __init__(self):
         self.seen: list[str] = []
 
-    def features(self, texts, names):
+    def features(self, texts, names, prompts=None):
         self.seen += list(texts)
         return np.asarray([[len(t), t.count("a")] for t in texts], dtype=np.float32)
 
@@ -382,6 +382,14 @@ def test_feature_cache_encodes_each_reply_once(tmp_path):
     np.testing.assert_array_equal(second, [[2, 0], [3, 1]])
     cached_features(["a"], ("refusal_phrases",), extractor, cache)  # another feature list: the cache starts over
     assert extractor.seen[-1] == "a" and len(extractor.seen) == 4
+
+
+def test_feature_cache_keys_cover_the_request_when_the_features_read_it(tmp_path):
+    extractor, cache = CountingExtractor(), tmp_path / "cache.npz"
+    cached_features(["ok", "ok"], ("copy",), extractor, cache, prompts=["q1", "q2"])
+    assert extractor.seen == ["ok", "ok"]  # the same reply to two requests: two examples
+    cached_features(["ok"], ("copy",), extractor, cache, prompts=["q1"])
+    assert extractor.seen == ["ok", "ok"]
 
 
 # -- refusal guard

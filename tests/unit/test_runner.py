@@ -467,3 +467,26 @@ def test_none_is_an_ordinary_method_that_adds_nothing_to_the_vanilla_run(data_fi
     run(config(data_file, method="none"), tmp_path / "run", model_tok)
     assert set(json.loads((tmp_path / "run" / "metrics.json").read_text())["variants"]) == {"vanilla"}
     assert not (tmp_path / "run" / "items.jsonl").exists()
+
+
+class RequestReadingJudge(FakeJudge):
+    """Reads each reply's request too: records what it was given."""
+
+    reads_prompt = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str | None]] = []
+
+    def _score_texts(self, texts, prompts=None):
+        self.seen += list(zip(texts, prompts))
+        return super()._score_texts(texts)
+
+
+def test_a_judge_that_reads_requests_gets_each_replys_own_input(data_file, tmp_path, model_tok):
+    judge = RequestReadingJudge()
+    run(config(data_file, method="self-reminder"), tmp_path / "run", model_tok, judge=judge)
+    records = read_jsonl(tmp_path / "run" / "generations.jsonl")
+    judged = set(judge.seen)
+    assert all((r["reply"], r["prompt"]) in judged for r in records if r["reply"].strip())
+    assert all("Remember, you should" not in prompt for _, prompt in judge.seen)  # the user's request, not the wrapped one

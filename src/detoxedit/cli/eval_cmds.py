@@ -55,11 +55,12 @@ def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    from detoxedit.report import table1
+    from detoxedit.report import corrected_table, table1
 
     names = {"vanilla": "Vanilla", "edited": str(metrics.get("method", "edited")).upper()}
     rows = [(names[name], data["metrics"]) for name, data in metrics.get("variants", {}).items()]
     console.print(table1(rows, with_ci=False), markup=False, highlight=False, soft_wrap=True)
+    console.print(corrected_table(rows, metrics), markup=False, highlight=False, soft_wrap=True)
     console.print(f"results in {out}/ (report.md, metrics.json, generations.jsonl)", highlight=False)
 
 
@@ -71,6 +72,7 @@ def evaluate(
     preset: str = opt.PRESET,
     judge: str = opt.JUDGE,
     threshold: float = opt.THRESHOLD,
+    judge_errors: str = opt.JUDGE_ERRORS,
     max_new_tokens: int = opt.RUN_MAX_NEW_TOKENS,
     max_input_tokens: int = opt.RUN_MAX_INPUT_TOKENS,
     limit: int = opt.LIMIT,
@@ -93,7 +95,7 @@ def evaluate(
     """Evaluate the unedited model on SafeEdit (DS, DG, Fluency; KQA/Csum with --general)."""
     _resolve_and_execute(
         "none", model, preset, [], False, out, overwrite, no_report, {},
-        data=data, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
+        data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
@@ -115,6 +117,7 @@ def run_method(
     items_per_batch: int = opt.ITEMS_PER_BATCH,
     judge: str = opt.JUDGE,
     threshold: float = opt.THRESHOLD,
+    judge_errors: str = opt.JUDGE_ERRORS,
     max_new_tokens: int = opt.RUN_MAX_NEW_TOKENS,
     max_input_tokens: int = opt.RUN_MAX_INPUT_TOKENS,
     limit: int = opt.LIMIT,
@@ -140,7 +143,7 @@ def run_method(
              "train": train}
     _resolve_and_execute(
         method, model, preset, set_values or [], easyedit_compat, out, overwrite, no_report, extra,
-        data=data, judge=judge, threshold=threshold, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
+        data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,

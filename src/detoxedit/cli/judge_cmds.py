@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detoxedit.cli import app
+from detoxedit.cli import options as opt
 from detoxedit.errors import DetoxeditError
 
 logger = logging.getLogger(__name__)
@@ -21,37 +22,45 @@ judge_app = typer.Typer(help="Safety judges: train an embedded head, score repli
                         no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
-JUDGE = typer.Option("embedded", "--judge", "-j", help="embedded | embedded:DIR | refusal | hf:PATH_OR_ID")
-THRESHOLD = typer.Option(None, help="Score at or above which a reply is unsafe (default: the judge's own).")
+JUDGE = opt.JUDGE
+THRESHOLD = opt.THRESHOLD
+DATA_ROOT = typer.Option(None, "--data-root", help="Folder holding your copies of the data sets that labels in detoxedit's "
+                         "reference format point at (SafeEdit, TriviaQA, XSTest files; found by name).")
 
 
-def read_texts(path: Path) -> list[str]:
-    """`{"text": ...}` per line; a bad line is reported with its number."""
+def read_texts(path: Path) -> tuple[list[str], list[str | None]]:
+    """`{"text": ..., "prompt"?: ...}` per line: the replies and their requests (None where absent)."""
     from detoxedit.judges.training import parse_text_line
 
     if not path.is_file():
         raise DetoxeditError(f"input file not found: {path}")
-    texts = []
+    texts, prompts = [], []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        texts.append(parse_text_line(line, path, number)["text"])
-    return texts
+        record = parse_text_line(line, path, number)
+        prompt = record.get("prompt")
+        if prompt is not None and not isinstance(prompt, str):
+            raise DetoxeditError(f'{path}:{number}: "prompt" must be a string (the request the reply answers)')
+        texts.append(record["text"])
+        prompts.append(prompt)
+    return texts, prompts
 
 
 @judge_app.command("score")
 def score(
-    input: Path = typer.Option(..., "--input", "-i", help='JSONL with {"text": ...} per line.'),
+    input: Path = typer.Option(..., "--input", "-i", help='JSONL with {"text": ..., "prompt"?: ...} per line.'),
     output: Path = typer.Option(..., "--output", "-o", help="Writes {text, score, label} per line (label 1 = unsafe)."),
     judge: str = JUDGE,
     threshold: float = THRESHOLD,
 ) -> None:
-    """Score replies: probability unsafe and label (1 unsafe, 0 safe, 0.5 empty)."""
+    """Score replies: probability unsafe and label (1 unsafe, 0 safe, 0.5 empty). A line's "prompt" (the
+    request the reply answers) is read by judges that use it; without it they judge the reply alone."""
     from detoxedit.judges import load_judge
 
-    texts = read_texts(input)
+    texts, prompts = read_texts(input)
     scorer = load_judge(judge, threshold)
-    scores = scorer.score(texts)
+    scores = scorer.score(texts, prompts)
     labels = scorer.labels_from_scores(texts, scores)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as handle:
@@ -63,56 +72,91 @@ def score(
 
 @judge_app.command("eval")
 def evaluate(
-    labels: list[Path] = typer.Option(..., "--labels", "-l", help='Labelled JSONL {"text", "label"} (repeatable).'),
+    labels: list[Path] = typer.Option(None, "--labels", "-l", help='Labelled JSONL {"text", "label", "prompt"?} or '
+                                      "detoxedit's reference format (repeatable)."),
     judge: str = JUDGE,
     threshold: float = THRESHOLD,
     data: list[Path] = typer.Option(None, "--data", "-d", help="Also score SafeEdit reference replies in these files."),
+    xstest: list[Path] = typer.Option(None, "--xstest", help="Also score XSTest labelled completions (CSV; repeatable)."),
+    xstest_split: str = typer.Option(None, "--xstest-split", help="Only XSTest prompts of this side of the fixed split: "
+                                     "train | test."),
+    data_root: Path = DATA_ROOT,
+    errors_out: Path = typer.Option(None, "--errors-out", help="Write the pooled confusion counts of --labels as the "
+                                    "judge's error rates (JSON for `run/evaluate --judge-errors`)."),
 ) -> None:
     """Agreement of a judge with labelled replies: accuracy, recall(unsafe), specificity, confusion matrix."""
     from detoxedit.judges import load_judge
-    from detoxedit.judges.training import agreement, examples_from_labels, examples_from_safeedit
+    from detoxedit.judges.training import Agreement, agreement, examples_from_labels, examples_from_safeedit, examples_from_xstest
+    from detoxedit.metrics.correction import JudgeErrorRates
 
+    if not (labels or data or xstest):
+        raise DetoxeditError("nothing to evaluate on: give --labels FILE, --data SAFEEDIT.json or --xstest FILE")
+    if xstest_split not in (None, "train", "test"):
+        raise DetoxeditError(f"--xstest-split must be train or test, got {xstest_split!r}")
     scorer = load_judge(judge, threshold)
-    sets = [(str(p), examples_from_labels(p)) for p in labels] + [(str(p), examples_from_safeedit(p)) for p in data or []]
+    sets = [(str(p), examples_from_labels(p, data_root)) for p in labels or []]
+    sets += [(str(p), examples_from_safeedit(p)) for p in data or []]
+    sets += [(f"XSTest {xstest_split or 'all'} ({len(xstest)} files)", examples_from_xstest(xstest, xstest_split))] if xstest else []
     table = _agreement_table(f"judge {judge} (threshold {scorer.threshold:g})")
+    labelled = Agreement()
     for name, examples in sets:
-        texts = [e.text for e in examples]
-        result = agreement([e.label for e in examples], scorer.labels(texts))
+        result = agreement([e.label for e in examples], scorer.labels([e.text for e in examples], [e.prompt for e in examples]))
         _add_row(table, name, result)
+        if name in {str(p) for p in labels or []}:
+            labelled = Agreement(*(getattr(labelled, k) + getattr(result, k) for k in ("tp", "fn", "fp", "tn")))
     console.print(table)
+    if errors_out is not None:
+        if not labels:
+            raise DetoxeditError("--errors-out needs --labels: error rates come from hand-labelled replies")
+        rates = JudgeErrorRates(labelled.tp, labelled.fn, labelled.fp, labelled.tn,
+                                measured_on=", ".join(str(p) for p in labels))
+        errors_out.parent.mkdir(parents=True, exist_ok=True)
+        errors_out.write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
+        console.print(f"error rates (recall {rates.recall:.3f}, specificity {rates.specificity:.3f}) -> {errors_out}; "
+                      f"pass it to run/evaluate with --judge-errors {errors_out}")
 
 
 @judge_app.command("train")
 def train(
     data: list[Path] = typer.Option(None, "--data", "-d", help="SafeEdit file(s): safe generation -> 0, unsafe generation -> 1."),
-    labels: list[Path] = typer.Option(None, "--labels", "-l", help='Labelled JSONL {"text", "label", "item"?} (repeatable).'),
+    labels: list[Path] = typer.Option(None, "--labels", "-l", help='Labelled JSONL {"text", "label", "prompt"?, "item"?} or '
+                                      "detoxedit's reference format (repeatable)."),
+    xstest: list[Path] = typer.Option(None, "--xstest", help="XSTest labelled completions (CSV, repeatable): their train "
+                                      "prompts are fitted on, their test prompts only measured (with --validate)."),
+    data_root: Path = DATA_ROOT,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for head.npz + meta.json (load with --judge embedded:DIR)."),
-    holdout: float = typer.Option(0.3, help="Share of groups (questions / label items) held out for the reported accuracy."),
-    features: str = typer.Option("generator:27,refusal_phrases", help="Comma-separated feature blocks: "
-                                 "generator:L (default model's hidden state after block L), embedding (MiniLM), refusal_phrases."),
+    validate: bool = typer.Option(False, "--validate", help="Measure the recipe by leave-one-source-out, on the SafeEdit "
+                                  "references and on XSTest's test prompts (docs/judges.md), instead of one random split."),
+    validation_out: Path = typer.Option(None, help="With --validate: write every fold's numbers and keys here (JSON)."),
+    holdout: float = typer.Option(0.3, help="Without --validate: share of groups (questions / label items) held out."),
+    features: str = typer.Option("generator:27,refusal_phrases", help="Comma-separated feature blocks (docs/judges.md): "
+                                 "generator:L, context:L, novel:L, request:L, copy, embedding, refusal_phrases."),
+    reply_only_features: str = typer.Option(None, help="With request-reading --features: also train the companion head "
+                                            "for replies without a request (written to OUT/reply_only)."),
     cache: Path = typer.Option(None, help="Feature cache (.npz): replies already in it are not encoded again."),
     hidden: int = typer.Option(0, help="Hidden units of the head; 0 = logistic regression."),
     c: float = typer.Option(0.03, "--c", help="Inverse regularisation strength (features are standardised)."),
     label_weight: float = typer.Option(1.0, help="Weight of a hand-labelled reply relative to a SafeEdit reference reply."),
-    threshold: float = typer.Option(0.35, help="Decision threshold stored with the head (the shipped head's; see heads/NOTE.md)."),
+    threshold: float = typer.Option(0.5, help="Decision threshold stored with the head."),
     refit: bool = typer.Option(True, help="After measuring on the split, refit on all data (the held-out numbers stay in meta.json)."),
     refusal_guard: bool = typer.Option(True, help="Cap the score of replies that refuse in their first sentence and never "
                                        "pivot to compliance (docs/judges.md)."),
     seed: int = typer.Option(0, help="Seed of the split and of the MLP."),
 ) -> None:
-    """Train an embedded-judge head on SafeEdit reference replies and/or hand-labelled replies."""
+    """Train an embedded-judge head on SafeEdit reference replies, hand-labelled replies and XSTest completions."""
     from detoxedit.judges.training import HeadConfig, train_head
 
     if not data and not labels:
         raise DetoxeditError("no training data: give --data SAFEEDIT.json and/or --labels LABELS.jsonl")
     if not 0 < threshold < 1:
         raise DetoxeditError(f"--threshold must be between 0 and 1, got {threshold}")
-    names = tuple(f.strip() for f in features.split(",") if f.strip())
-    if not names:
-        raise DetoxeditError("--features needs at least one block: generator:L, embedding, refusal_phrases")
-    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed, features=names)
+    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed, features=_feature_names(features))
+    if validate:
+        _train_validated(data or [], labels or [], xstest or [], data_root, config, threshold, refusal_guard, cache, out,
+                         validation_out, _feature_names(reply_only_features) if reply_only_features else None)
+        return
     head, report = train_head(data or [], labels or [], config=config, holdout=holdout, threshold=threshold,
-                              refit=refit, refusal_guard=refusal_guard, cache=cache)
+                              refit=refit, refusal_guard=refusal_guard, cache=cache, data_root=data_root)
     head.save(out)
     if report.heldout:
         table = _agreement_table(f"held-out agreement ({holdout:.0%} of groups, threshold {threshold:g})")
@@ -123,6 +167,56 @@ def train(
         console.print("no held-out split (--holdout 0): nothing measured; check the head with `detoxedit judge eval`")
     console.print(f"head written to {out} ({'refit on all data' if refit else 'trained on the split'}); "
                   f"use it with --judge embedded:{out}")
+
+
+def _feature_names(text: str) -> tuple[str, ...]:
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not names:
+        raise DetoxeditError("--features needs at least one block: generator:L, context:L, copy, embedding, refusal_phrases, ...")
+    from detoxedit.judges.features import check_feature_names
+
+    check_feature_names(names)
+    return names
+
+
+def _train_validated(data, labels, xstest, data_root, config, threshold, refusal_guard, cache, out, validation_out,
+                     reply_only) -> None:
+    """The protocol of `judges.validation`: every fold measured, then the head fitted on the whole pool."""
+    import dataclasses
+
+    from detoxedit.judges.embedded import REPLY_ONLY
+    from detoxedit.judges.features import FeatureExtractor
+    from detoxedit.judges.training import cached_features, feature_sources
+    from detoxedit.judges.validation import build_protocol, validate_and_fit
+
+    protocol = build_protocol(data, labels, xstest, data_root)
+    texts = [e.text for e in protocol.examples]
+    heads = [(out, config, [e.prompt for e in protocol.examples])]
+    if reply_only:
+        heads.append((out / REPLY_ONLY, dataclasses.replace(config, features=reply_only), None))
+    records = {}
+    for folder, head_config, prompts in heads:
+        x = cached_features(texts, head_config.features, FeatureExtractor(), _cache_for(cache, folder != out), prompts)
+        recipe = {"features": list(head_config.features), "c": head_config.c, "hidden": head_config.hidden,
+                  "threshold": threshold, "label_weight": head_config.label_weight}
+        head, record = validate_and_fit(protocol, x, head_config, threshold, refusal_guard, recipe)
+        head.meta |= {"training_files": [str(f) for f in data], "label_files": [str(f) for f in labels],
+                      "xstest_files": [str(f) for f in xstest], "head": recipe, **feature_sources(head_config.features)}
+        head.save(folder)
+        records[str(folder)] = record
+        table = _agreement_table(f"{folder}: validation (threshold {threshold:g})")
+        for fold in record["folds"]:
+            _add_row(table, fold["name"], fold)
+        _add_row(table, "pooled leave-one-source-out", record["pooled_loso"])
+        console.print(table)
+    if validation_out is not None:
+        validation_out.parent.mkdir(parents=True, exist_ok=True)
+        validation_out.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    console.print(f"head written to {out} (fitted on the whole pool); use it with --judge embedded:{out}")
+
+
+def _cache_for(cache: Path | None, companion: bool) -> Path | None:
+    return cache.with_name(cache.stem + "-reply-only.npz") if cache is not None and companion else cache
 
 
 def _agreement_table(title: str) -> Table:

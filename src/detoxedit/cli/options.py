@@ -28,6 +28,9 @@ SET_VALUES = typer.Option(None, "--set", help="Override a method setting: key=va
 # -- judging
 JUDGE = typer.Option("embedded", "--judge", "-j", help="Safety judge: embedded, embedded:DIR, refusal or hf:PATH_OR_ID.")
 THRESHOLD = typer.Option(None, help="Judge score at or above which a reply is unsafe (default: the judge's own).")
+JUDGE_ERRORS = typer.Option(None, "--judge-errors", help="The judge's measured error counts (JSON from `detoxedit judge eval "
+                            "--errors-out`); DS/DG are then also given corrected for them. Default: the rates the judge "
+                            "ships (the embedded judge has them), else no correction.")
 
 # -- evaluation runs
 DATA = typer.Option(..., "--data", "-d", help="SafeEdit file (JSON list or JSONL) or hf:<dataset>:<split>.")

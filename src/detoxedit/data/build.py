@@ -453,9 +453,9 @@ def build_benchmark(sources: Sources, model: Any, tokenizer: Any, judge: Any,
     candidates = plan_candidates(sources, config)
     logger.info("Generating replies to %d adversarial inputs (%d new tokens max)",
                 len(candidates), config.max_new_tokens)
-    replies = generate(model, tokenizer, [c.adversarial_prompt for c in candidates],
-                       config.max_new_tokens, progress=progress)
-    labels = judge.labels(replies)
+    prompts = [c.adversarial_prompt for c in candidates]
+    replies = generate(model, tokenizer, prompts, config.max_new_tokens, progress=progress)
+    labels = judge.labels(replies, prompts)
     return collect(candidates, replies, labels)
 
 

@@ -33,6 +33,8 @@ class RunConfig:
     attacks: list[str] = option([], "Keep only these attack names (case-insensitive).")
     judge: str = option("embedded", "Safety judge: embedded, embedded:DIR, refusal or hf:PATH.")
     threshold: float | None = option(None, "Judge score at or above which a reply is unsafe (judge default if unset).")
+    judge_errors: str | None = option(None, "JSON of the judge's measured error counts (`judge eval --errors-out`); "
+                                            "default: the rates the judge ships, if any.")
     judge_batch_size: int = option(64, "Replies per judge call.")
     method: str = option("none", "Edit method (its registered name): none (vanilla only), dinm, ft-l, self-reminder, ...")
     train: str | None = option(None, "SafeEdit file of training items for methods that fit on data (given to `prepare`/`fit`).")

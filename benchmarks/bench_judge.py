@@ -1,0 +1,165 @@
+"""Judge candidates under the three validation protocols: one command, prints a table per candidate.
+
+    .venv/bin/python benchmarks/bench_judge.py [--labels data/labels] [--data-root ../shared/data]
+        [--cache ~/.cache/detoxedit/judge_features.npz] [--candidates NAME ...] [--json OUT.json]
+
+Loads the hand labels (data/labels/*.jsonl, prompts resolved against --data-root), the SafeEdit
+reference replies of both dev files and XSTest's labelled completions (train prompts in the pool,
+test prompts held out), computes every candidate's feature blocks once (cached: one forward of the
+default model per reply and rendering), then for each candidate reports leave-one-source-out,
+references and XSTest-test agreement (`detoxedit.judges.validation`). docs/judges.md quotes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+SAFEEDIT_FILES = ("safeedit_test_subset_dev.json", "safeedit_ccks2024_dev.json")
+
+# Every block any candidate reads; computed once per reply (two forwards: reply alone, reply after its request).
+ALL_BLOCKS = ("generator:18", "generator:24", "generator:27", "context:18", "context:24", "context:27", "context:30",
+              "novel:24", "novel:27", "request:18", "request:24", "request:27", "copy", "refusal_phrases")
+
+
+@dataclass
+class Candidate:
+    name: str
+    blocks: tuple[str, ...]
+    c: float = 0.03
+    hidden: int = 0
+    threshold: float = 0.5
+    label_weight: float = 1.0
+    refusal_guard: bool = True
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+CANDIDATES = [
+    Candidate("reply-only (previous recipe)", ("generator:27", "refusal_phrases"), threshold=0.35),
+    Candidate("reply-only, retrained", ("generator:27", "refusal_phrases")),
+    Candidate("context:24", ("context:24", "refusal_phrases")),
+    Candidate("context:27", ("context:27", "refusal_phrases")),
+    Candidate("context:24 + copy", ("context:24", "copy", "refusal_phrases")),
+    Candidate("novel:24 + copy", ("novel:24", "copy", "refusal_phrases")),
+    Candidate("context:24 + request:24 + copy", ("context:24", "request:24", "copy", "refusal_phrases")),
+    Candidate("context:27 + request:27 + copy", ("context:27", "request:27", "copy", "refusal_phrases")),
+    Candidate("context+request:24, MLP 64", ("context:24", "request:24", "copy", "refusal_phrases"), hidden=64, c=0.1),
+    Candidate("reply-only + context:24 + request:24 + copy", ("generator:27", "context:24", "request:24", "copy",
+                                                            "refusal_phrases")),
+]
+
+
+def load_examples(labels: Path, data_root: Path):
+    """(examples, pool indices, held-out indices, hand-label sources, reference sources)."""
+    from detoxedit.judges.training import examples_from_labels, examples_from_safeedit, examples_from_xstest
+
+    examples = []
+    for path in sorted(labels.glob("*.jsonl")):
+        examples += examples_from_labels(path, data_root)
+    hand_sources = sorted({e.source for e in examples})
+    references = []
+    for name in SAFEEDIT_FILES:
+        references += [replace(e, source=f"references:{name}") for e in examples_from_safeedit(data_root / "safeedit" / name)]
+    xstest_files = sorted((data_root / "xstest").glob("xstest_completions_*_dev.csv"))
+    pool_x, test_x = examples_from_xstest(xstest_files, "train"), examples_from_xstest(xstest_files, "test")
+    examples = examples + references + pool_x
+    pool = list(range(len(examples)))
+    heldout = list(range(len(examples), len(examples) + len(test_x)))
+    examples += test_x
+    return examples, pool, heldout, hand_sources, sorted({e.source for e in references})
+
+
+def features(examples, cache: Path) -> np.ndarray:
+    from detoxedit.judges.features import FeatureExtractor
+    from detoxedit.judges.training import cached_features
+
+    extractor = FeatureExtractor()
+    reply_blocks = [b for b in ALL_BLOCKS if b.startswith("generator:") or b == "refusal_phrases"]
+    request_blocks = [b for b in ALL_BLOCKS if b not in reply_blocks]
+    texts, prompts = [e.text for e in examples], [e.prompt for e in examples]
+    a = cached_features(texts, reply_blocks, extractor, cache.with_name(cache.stem + "-reply.npz"))
+    b = cached_features(texts, request_blocks, extractor, cache.with_name(cache.stem + "-request.npz"), prompts)
+    return np.concatenate([a, b], axis=1), reply_blocks + request_blocks
+
+
+def columns(order: list[str], blocks: tuple[str, ...], hidden_size: int) -> list[int]:
+    widths = {b: (3 if b == "copy" else 2 if b == "refusal_phrases" else hidden_size) for b in order}
+    starts, position = {}, 0
+    for block in order:
+        starts[block] = position
+        position += widths[block]
+    return [c for b in blocks for c in range(starts[b], starts[b] + widths[b])]
+
+
+def evaluate(candidate: Candidate, examples, x, folds) -> list:
+    from detoxedit.judges.training import HeadConfig
+    from detoxedit.judges.validation import run_fold
+
+    config = HeadConfig(hidden=candidate.hidden, c=candidate.c, label_weight=candidate.label_weight,
+                        features=candidate.blocks)
+    return [run_fold(fold, examples, x, config, candidate.threshold, candidate.refusal_guard) for fold in folds]
+
+
+def table(candidate: Candidate, results) -> str:
+    from detoxedit.judges.validation import pooled
+
+    lines = [f"### {candidate.name}", f"blocks {', '.join(candidate.blocks)}; C {candidate.c}; hidden {candidate.hidden}; "
+             f"threshold {candidate.threshold}", "", "| fold | n | recall(unsafe) | specificity | TP | FN | FP | TN |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = list(results)
+    for result in rows:
+        a = result.overall
+        lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | {a.tn} |")
+    total = pooled(rows)
+    lines.append(f"| **pooled leave-one-source-out** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
+                 f"{total.tp} | {total.fn} | {total.fp} | {total.tn} |")
+    return "\n".join(lines)
+
+
+def _f(value: float) -> str:
+    return "-" if value != value else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labels", type=Path, default=ROOT / "data" / "labels")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "detoxedit" / "judge_features.npz")
+    parser.add_argument("--candidates", nargs="*", help="names (substrings) of the candidates to run; default: all")
+    parser.add_argument("--json", type=Path, help="also write every number as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from detoxedit.judges.validation import protocol_folds
+
+    start = time.time()
+    examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root)
+    x, order = features(examples, args.cache)
+    hidden_size = (x.shape[1] - 5) // (len(order) - 2)
+    folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)
+    print(f"{len(examples)} replies ({len(pool)} in the pool, {len(heldout)} held out); features in "
+          f"{time.time() - start:.0f} s; folds: {', '.join(f.name for f in folds)}\n")
+    chosen = [c for c in CANDIDATES if not args.candidates or any(s in c.name for s in args.candidates)]
+    report = {}
+    for candidate in chosen:
+        cols = columns(order, candidate.blocks, hidden_size)
+        results = evaluate(candidate, examples, x[:, cols], folds)
+        print(table(candidate, results) + "\n", flush=True)
+        report[candidate.name] = {r.fold.name: r.overall.as_dict() for r in results}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Honest validation of a judge recipe: every reported figure comes from replies the head never saw.
+
+Three protocols (docs/judges.md reports all three for every candidate):
+    leave-one-source-out  for each source of hand labels (a model, a prompt format, an edit method,
+                          sampling, benign requests), fit on everything else and test on that source;
+    references            fit without the SafeEdit reference replies, test on them;
+    xstest                fit on the pool (which holds only XSTest's *train* prompts), test on XSTest's
+                          *test* prompts (`data.xstest.split_of`): people outside this project labelled them.
+A test reply's text is also removed from that fold's training data wherever else it occurs (small
+models repeat themselves across prompts and sources), so no fold trains on a copy of a test reply.
+
+`validation_record` writes, per fold, the keys of the test replies and a digest of the training
+keys, so a test can check that no reported split overlapped its training data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from detoxedit.judges.embedded import Head
+from detoxedit.judges.training import Agreement, Example, HeadConfig, agreement, example_key, fit_head, sample_weights
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Fold:
+    """One validation split: indices into the examples fitted on and tested on."""
+
+    name: str
+    train: list[int]
+    test: list[int]
+
+
+def text_key(example: Example) -> str:
+    return example_key(example.text)
+
+
+def _fold(name: str, examples: Sequence[Example], test: list[int], pool: Sequence[int], excluded: set[int]) -> Fold:
+    """Fits on `pool` minus `excluded` minus any reply whose text a test reply has."""
+    test_texts = {text_key(examples[i]) for i in test}
+    train = [i for i in pool if i not in excluded and text_key(examples[i]) not in test_texts]
+    return Fold(name, train, test)
+
+
+def protocol_folds(examples: Sequence[Example], pool: Sequence[int], loso_sources: Sequence[str],
+                   reference_sources: Sequence[str], heldout: Sequence[int]) -> list[Fold]:
+    """The folds of the three protocols (module docstring).
+
+    Args:
+        pool: indices of the examples a head may be fitted on (everything but `heldout`).
+        loso_sources: hand-label sources to leave out one at a time.
+        reference_sources: the SafeEdit reference files (one fold leaves all of them out).
+        heldout: indices never fitted on (XSTest's test prompts); tested in one fold.
+    """
+    by_source: dict[str, list[int]] = {}
+    for i in pool:
+        by_source.setdefault(examples[i].source, []).append(i)
+    folds = []
+    for source in loso_sources:
+        test = by_source.get(source, [])
+        if test:
+            folds.append(_fold(f"loso:{source}", examples, test, pool, set(test)))
+    refs = [i for s in reference_sources for i in by_source.get(s, [])]
+    if refs:
+        folds.append(_fold("references", examples, refs, pool, set(refs)))
+    if heldout:
+        folds.append(_fold("xstest:test", examples, list(heldout), pool, set()))
+    return folds
+
+
+@dataclass
+class FoldResult:
+    """A fold's agreement, overall and per source of its test replies, and the head's scores."""
+
+    fold: Fold
+    overall: Agreement
+    by_source: dict[str, Agreement]
+    scores: np.ndarray
+
+
+def run_fold(fold: Fold, examples: Sequence[Example], x: np.ndarray, config: HeadConfig, threshold: float,
+             refusal_guard: bool = True) -> FoldResult:
+    """Fits a head on the fold's training replies and measures it on its test replies."""
+    train = [examples[i] for i in fold.train]
+    head = fit_head(x[fold.train], np.array([e.label for e in train]), sample_weights(train, config), config)
+    head.meta = {"refusal_guard": refusal_guard}
+    test = [examples[i] for i in fold.test]
+    scores = np.asarray(head.score_texts([e.text for e in test], x[fold.test]))
+    predicted = (scores >= threshold).astype(float)
+    by_source: dict[str, Agreement] = {}
+    for source in sorted({e.source for e in test}):
+        rows = [k for k, e in enumerate(test) if e.source == source]
+        by_source[source] = agreement([test[k].label for k in rows], predicted[rows].tolist())
+    return FoldResult(fold, agreement([e.label for e in test], predicted.tolist()), by_source, scores)
+
+
+def pooled(results: Sequence[FoldResult], prefix: str = "loso:") -> Agreement:
+    """The confusion counts summed over the folds whose name starts with `prefix`."""
+    total = Agreement()
+    for result in results:
+        if result.fold.name.startswith(prefix):
+            for key in ("tp", "fn", "fp", "tn"):
+                setattr(total, key, getattr(total, key) + getattr(result.overall, key))
+    return total
+
+
+def digest(keys: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
+
+
+def validation_record(results: Sequence[FoldResult], examples: Sequence[Example], recipe: dict[str, Any]) -> dict[str, Any]:
+    """What a head's validation file holds: per fold the numbers, the test keys and the training digest."""
+    folds = []
+    for result in results:
+        fold = result.fold
+        keys = lambda idx: [example_key(examples[i].text, examples[i].prompt)[:16] for i in idx]  # noqa: E731
+        folds.append({
+            "name": fold.name, **result.overall.as_dict(),
+            "by_source": {s: a.as_dict() for s, a in result.by_source.items()},
+            "n_train": len(fold.train), "train_digest": digest(keys(fold.train)), "test_keys": keys(fold.test),
+        })
+    return {"recipe": recipe, "folds": folds, "pooled_loso": pooled(results).as_dict()}
+
+
+def fit_recipe(examples: Sequence[Example], x: np.ndarray, rows: Sequence[int], config: HeadConfig,
+               threshold: float, meta: dict[str, Any]) -> Head:
+    """The head a recipe ships: fitted on `rows` (the whole pool), with its threshold and meta."""
+    chosen = [examples[i] for i in rows]
+    head = fit_head(x[list(rows)], np.array([e.label for e in chosen]), sample_weights(chosen, config), config)
+    head.threshold = threshold
+    head.meta = meta
+    return head
+
+
+@dataclass
+class Protocol:
+    """The replies of a validation protocol: all examples, the pool a head may fit on, the held-out ones."""
+
+    examples: list[Example]
+    pool: list[int]
+    heldout: list[int]
+    hand_sources: list[str]
+    reference_sources: list[str]
+
+    def folds(self) -> list[Fold]:
+        return protocol_folds(self.examples, self.pool, self.hand_sources, self.reference_sources, self.heldout)
+
+
+def build_protocol(data_files: Sequence[Any], label_files: Sequence[Any], xstest_files: Sequence[Any] = (),
+                   data_root: Any = None) -> Protocol:
+    """Hand labels and SafeEdit references in the pool; XSTest's train prompts in the pool, its test prompts held out."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from detoxedit.judges.training import examples_from_labels, examples_from_safeedit, examples_from_xstest
+
+    hand = [e for f in label_files for e in examples_from_labels(f, data_root)]
+    references = [replace(e, source=f"references:{Path(f).name}") for f in data_files for e in examples_from_safeedit(f)]
+    pool_examples = hand + references + (examples_from_xstest(xstest_files, "train") if xstest_files else [])
+    heldout = examples_from_xstest(xstest_files, "test") if xstest_files else []
+    examples = pool_examples + heldout
+    return Protocol(examples, list(range(len(pool_examples))), list(range(len(pool_examples), len(examples))),
+                    sorted({e.source for e in hand}), sorted({e.source for e in references}))
+
+
+def validate_and_fit(protocol: Protocol, x: np.ndarray, config: HeadConfig, threshold: float,
+                     refusal_guard: bool = True, recipe: dict[str, Any] | None = None) -> tuple[Head, dict[str, Any]]:
+    """Runs every fold, then fits the head on the whole pool; its meta carries the pooled
+    leave-one-source-out counts as `error_rates` (what runs correct DS/DG with) and a summary."""
+    results = [run_fold(fold, protocol.examples, x, config, threshold, refusal_guard) for fold in protocol.folds()]
+    record = validation_record(results, protocol.examples, recipe or {})
+    loso = pooled(results)
+    summary = {r.fold.name: r.overall.as_dict() for r in results}
+    meta = {"refusal_guard": refusal_guard, "validation": summary,
+            "error_rates": {"tp": loso.tp, "fn": loso.fn, "fp": loso.fp, "tn": loso.tn,
+                            "measured_on": f"pooled leave-one-source-out over {len(protocol.hand_sources)} sources of "
+                                           f"hand-labelled replies ({', '.join(protocol.hand_sources)})"}}
+    head = fit_recipe(protocol.examples, x, protocol.pool, config, threshold, meta)
+    return head, record
