@@ -50,6 +50,7 @@ class Source:
     max_new_tokens: int = 128
     system_prompts: tuple[str | None, ...] = (None,)
     temperatures: tuple[float, ...] = ()  # empty: greedy; else each prompt once per temperature
+    samples: int = 1  # sampled replies per prompt and temperature
     onlyq_share: float = 0.0  # share of prompts drawn from the bare harmful questions (onlyQ inputs)
     seed: int = 0
 
@@ -61,7 +62,7 @@ SOURCES: dict[str, Source] = {
     "smollm_chat": Source(seed=11),
     "smollm_raw": Source(chat_format="raw", onlyq_share=0.5, seed=12),
     "smollm_system": Source(system_prompts=SYSTEM_PROMPTS, onlyq_share=0.5, seed=13),
-    "smollm_sampled": Source(temperatures=(0.7, 0.85, 1.0), onlyq_share=1.0, n=420, seed=14),
+    "smollm_sampled": Source(temperatures=(0.7, 0.85, 1.0), samples=2, onlyq_share=1.0, n=640, seed=14),
     "gemma_plain": Source(model="gemma3-270m", chat_format="plain", n=400, onlyq_share=0.5, seed=15),
     "benign_smollm": Source(prompts="benign", n=400, seed=16),
     "benign_gemma": Source(model="gemma3-270m", chat_format="plain", prompts="benign", n=400, seed=17),
@@ -109,8 +110,8 @@ def draw(source: Source, pool: list[tuple[dict, str]], n: int, rng: random.Rando
     others = [(ref, text) for ref, text in pool if ref.get("kind") != "onlyQ"]
     if not source.onlyq_share:
         others, questions = pool, []
-    rows_q = [(ref, text, t) for ref, text in questions for t in temperatures]
-    rows_o = [(ref, text, t) for ref, text in others for t in temperatures]
+    rows_q = [(ref, text, t) for ref, text in questions for t in temperatures for _ in range(source.samples)]
+    rows_o = [(ref, text, t) for ref, text in others for t in temperatures for _ in range(source.samples)]
     n_q = min(round(n * source.onlyq_share), len(rows_q))
     return rng.sample(rows_q, n_q) + rng.sample(rows_o, min(n - n_q, len(rows_o)))
 

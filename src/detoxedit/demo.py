@@ -91,6 +91,7 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     for table in metrics_tables(result.metrics):
         console.print(table)
+    console.print(_correction_line(result.metrics), highlight=False)
     for table in reply_tables(Path(settings.out), settings.examples):
         console.print(table)
     console.print(f"Run folder: {settings.out} (report.md, metrics.json, generations.jsonl); "
@@ -122,7 +123,7 @@ def _before_after(variants: dict[str, Any], specs: list[Any], title: str, captio
     from rich.table import Table
 
     table = Table(title=title, caption=caption, min_width=len(title) + 4)
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for spec in specs:
         table.add_column(spec.column, justify="right", no_wrap=True)
     before = [_value(variants.get("vanilla", {}), s.name) for s in specs]
@@ -131,12 +132,26 @@ def _before_after(variants: dict[str, Any], specs: list[Any], title: str, captio
     table.add_row("before", *map(_fmt, before, digits))
     table.add_row("after DINM", *map(_fmt, after, digits))
     table.add_row("change", *map(_fmt_change, before, after, digits))
+    before_c = [_value(variants.get("vanilla", {}), s.name, "corrected") for s in specs]
+    after_c = [_value(variants.get("edited", {}), s.name, "corrected") for s in specs]
+    if any(value is not None for value in before_c + after_c):
+        table.add_row("before (corr.)", *map(_fmt, before_c, digits))
+        table.add_row("after (corr.)", *map(_fmt, after_c, digits))
     return table
 
 
-def _value(variant: dict[str, Any], metric: str) -> float | None:
+def _value(variant: dict[str, Any], metric: str, part: str | None = None) -> float | None:
     entry = variant.get("metrics", {}).get(metric) or {}
-    return entry.get("value")
+    return (entry.get(part) or {}).get("value") if part else entry.get("value")
+
+
+def _correction_line(metrics: dict[str, Any]) -> str:
+    """Why the corrected rows say what they say: the judge's measured error rates, or why there are none."""
+    rates = metrics.get("judge_errors")
+    if not rates or "corrected" not in str(metrics.get("variants", {})):
+        return f"Judge error: {metrics.get('correction', 'not measured')}."
+    return (f"(corr.): DS/DG estimated for the judge's measured error (recall {rates['recall']:.2f}, specificity "
+            f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in runs/demo/report.md.")
 
 
 def _fmt(value: float | None, digits: int) -> str:

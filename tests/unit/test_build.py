@@ -213,6 +213,25 @@ def test_replies_judged_safe_are_dropped(tmp_path: Path, tiny) -> None:
     assert (kept_first.question, kept_first.attack_name) == (planned[2].question.text, planned[2].template.name)
 
 
+def test_replies_read_and_found_not_unsafe_are_dropped_whatever_the_judge_says(tmp_path: Path, tiny) -> None:
+    sources = sources_in(tmp_path)
+    planned = b.plan_candidates(sources, b.BuildConfig())
+    review = tmp_path / "reviewed.yaml"
+    review.write_text("not_unsafe:\n"
+                      f"  - question: {json.dumps(planned[1].question.text)}\n"
+                      f"    template: {json.dumps(planned[1].template.name)}\n"
+                      "    reason: echoes the template\n", encoding="utf-8")
+    not_unsafe = b.load_reviewed(review)
+    model, tokenizer = tiny
+    result = b.build_benchmark(sources, model, tokenizer, ScriptedJudge(safe_at={0}), progress=False, not_unsafe=not_unsafe)
+    assert (result.dropped, result.rejected_by_reading) == (2, 1)
+    kept_first = result.splits["train"][0]
+    assert (kept_first.question, kept_first.attack_name) == (planned[2].question.text, planned[2].template.name)
+    review.write_text("not_unsafe:\n  - question: x\n", encoding="utf-8")
+    with pytest.raises(DataError, match="template"):
+        b.load_reviewed(review)
+
+
 def test_unsafe_generation_is_the_models_reply(tmp_path: Path, tiny) -> None:
     from detoxedit.models import generate
 

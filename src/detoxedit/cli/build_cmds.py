@@ -40,6 +40,8 @@ def build(
     splits: str = typer.Option("0.6,0.2,0.2", help="Train,val,test fractions of each category's questions."),
     per_question: int = typer.Option(2, help="Templates tried per question (bounds generation cost)."),
     max_new_tokens: int = typer.Option(64, help="New tokens per generated reply."),
+    reviewed: Path = typer.Option(None, help="YAML of replies read and found not unsafe (dropped whatever the judge "
+                                  "says); default: the built-in review when every source is the built-in one."),
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
 ) -> None:
@@ -57,9 +59,12 @@ def build(
     sources = pipeline.load_sources(questions or builtin.QUESTIONS, templates or builtin.TEMPLATES,
                                     refusals or builtin.REFUSALS, knowledge or builtin.KNOWLEDGE)
     pipeline.plan_candidates(sources, config, str(questions or builtin.QUESTIONS))  # fail before loading
+    builtin_sources = not any((questions, templates, refusals, knowledge))
+    review_file = reviewed or (builtin.REVIEWED if builtin_sources else None)
+    not_unsafe = pipeline.load_reviewed(review_file) if review_file else {}
     safety_judge = load_judge(judge)
     lm, tokenizer = load_model(model, dtype=dtype, device=device)
-    result = pipeline.build_benchmark(sources, lm, tokenizer, safety_judge, config)
+    result = pipeline.build_benchmark(sources, lm, tokenizer, safety_judge, config, not_unsafe=not_unsafe)
     paths = pipeline.write_splits(result, out)
     _print_build_summary(result, paths)
 
@@ -84,8 +89,9 @@ def _print_build_summary(result, paths: dict[str, Path]) -> None:
         table.add_row(split, str(len(result.splits[split])), str(path))
     console.print(table)
     dropped = ", ".join(f"{c}: {n}" for c, n in result.dropped_by_category.items()) or "none"
-    console.print(f"{result.candidates} adversarial inputs; {result.dropped} dropped because the judge found "
-                  f"the model's reply safe or empty ({dropped}).", highlight=False)
+    console.print(f"{result.candidates} adversarial inputs; {result.dropped} dropped ({dropped}): "
+                  f"{result.dropped - result.rejected_by_reading} whose reply the judge found safe or empty, "
+                  f"{result.rejected_by_reading} that reading found not unsafe.", highlight=False)
 
 
 @app.command()

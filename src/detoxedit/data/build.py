@@ -10,7 +10,8 @@ The pipeline, in order:
 3. Pair each question with ``per_question`` templates -> adversarial inputs. The safe reply is the
    question's own ``safe_reply``, else a category refusal template.
 4. Let the model answer every adversarial input (greedy) and keep a pair only when the judge calls
-   the reply unsafe: the unsafe generation is always the model's own text, never ours.
+   the reply unsafe and a person reading it did not find it otherwise (``load_reviewed``: the
+   judge proposes, reading decides): the unsafe generation is always the model's own text, never ours.
 5. Add the four generalisation inputs and a knowledge-constraint pair, then write one release-format
    JSON file per split.
 
@@ -140,6 +141,7 @@ class BuildResult:
     candidates: int
     dropped: int
     dropped_by_category: dict[str, int] = field(default_factory=dict)
+    rejected_by_reading: int = 0  # of the dropped: judged unsafe, but read and found not unsafe
 
 
 # ---------------------------------------------------------------- reading and validation
@@ -441,12 +443,16 @@ def _candidate(split: str, question: Question, template: Template, mates: Sequen
 
 
 def build_benchmark(sources: Sources, model: Any, tokenizer: Any, judge: Any,
-                    config: BuildConfig = BuildConfig(), *, progress: bool = True) -> BuildResult:
-    """Plan the candidates, let the model answer them, keep those the judge calls unsafe.
+                    config: BuildConfig = BuildConfig(), *, progress: bool = True,
+                    not_unsafe: Mapping[tuple[str, str], str] | None = None) -> BuildResult:
+    """Plan the candidates, let the model answer them, keep those the judge calls unsafe and reading did not reject.
 
     Args:
         model, tokenizer: the model whose own unsafe replies become the unsafe generations.
         judge: a ``detoxedit.judges.Judge``; a candidate is kept only when its label is 1 (unsafe).
+        not_unsafe: (question, template name) -> reason, for candidates whose reply a person read and found
+            not unsafe (an echo, gibberish, a persona with nothing harmful): dropped whatever the judge says
+            (`load_reviewed`).
     """
     from detoxedit.models import generate
 
@@ -456,24 +462,43 @@ def build_benchmark(sources: Sources, model: Any, tokenizer: Any, judge: Any,
     prompts = [c.adversarial_prompt for c in candidates]
     replies = generate(model, tokenizer, prompts, config.max_new_tokens, progress=progress)
     labels = judge.labels(replies, prompts)
-    return collect(candidates, replies, labels)
+    return collect(candidates, replies, labels, not_unsafe or {})
 
 
-def collect(candidates: Sequence[Candidate], replies: Sequence[str], labels: Sequence[float]) -> BuildResult:
-    """Keep the candidates judged unsafe, numbering each split's items from 0 in plan order."""
+def collect(candidates: Sequence[Candidate], replies: Sequence[str], labels: Sequence[float],
+            not_unsafe: Mapping[tuple[str, str], str] = {}) -> BuildResult:  # noqa: B006 - read only
+    """Keep the candidates judged unsafe and not rejected by reading, numbering each split's items from 0 in plan order."""
     splits: dict[str, list[SafeEditItem]] = {s: [] for s in SPLITS}
     dropped: dict[str, int] = {}
+    rejected = 0
     for candidate, reply, label in zip(candidates, replies, labels, strict=True):
-        if label == 1.0:
+        read_safe = (candidate.question.text, candidate.template.name) in not_unsafe
+        if label == 1.0 and not read_safe:
             items = splits[candidate.split]
             items.append(candidate.to_item(len(items), reply))
         else:
+            rejected += label == 1.0 and read_safe
             category = candidate.question.category
             dropped[category] = dropped.get(category, 0) + 1
-    result = BuildResult(splits, len(candidates), sum(dropped.values()), dropped)
-    logger.info("Kept %d of %d candidates; dropped %d whose reply the judge found safe (or empty)",
-                result.candidates - result.dropped, result.candidates, result.dropped)
+    result = BuildResult(splits, len(candidates), sum(dropped.values()), dropped, rejected_by_reading=rejected)
+    logger.info("Kept %d of %d candidates; dropped %d whose reply the judge found safe (or empty) and %d that "
+                "reading found not unsafe", result.candidates - result.dropped, result.candidates,
+                result.dropped - rejected, rejected)
     return result
+
+
+def load_reviewed(path: str | Path) -> dict[tuple[str, str], str]:
+    """Read ``not_unsafe: [{question, template, reason}, ...]``: replies read and found not unsafe."""
+    raw = read_yaml(path, "not_unsafe", list)
+    problems: list[str] = []
+    reviewed = {}
+    for index, entry in enumerate(raw):
+        where = f"not_unsafe #{index}"
+        question = _string(entry, "question", where, problems)
+        template = _string(entry, "template", where, problems)
+        reviewed[(question, template)] = _string(entry, "reason", where, problems)
+    _raise_problems(path, problems)
+    return reviewed
 
 
 def split_paths(out: str | Path) -> dict[str, Path]:

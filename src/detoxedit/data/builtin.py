@@ -22,6 +22,8 @@ QUESTIONS = BUILTIN_DIR / "questions.yaml"
 TEMPLATES = BUILTIN_DIR / "templates.yaml"
 REFUSALS = BUILTIN_DIR / "refusals.yaml"
 KNOWLEDGE = BUILTIN_DIR / "knowledge.yaml"
+REVIEWED = BUILTIN_DIR / "reviewed.yaml"
+"""Replies the judge called unsafe that reading found not unsafe; the build leaves them out."""
 TRIVIA_YAML = BUILTIN_DIR / "trivia.yaml"
 SUMMARIES_YAML = BUILTIN_DIR / "summaries.yaml"
 
