@@ -44,5 +44,6 @@ def test_bad_modes_are_rejected() -> None:
 def test_plain_replies_are_cut_where_a_base_model_starts_the_next_user_turn() -> None:
     plain = ChatFormat(tiny_tokenizer(chat_template=False))
     assert plain.cut_reply("Paris.\nUser: And Spain?\nAssistant: Madrid.") == "Paris."
+    assert plain.cut_reply(" User: Why?\nAssistant: Because.") == ""  # no answer before the model's own next turn
     assert plain.cut_reply("Line one.\nLine two about a User: field") == "Line one.\nLine two about a User: field"
     assert ChatFormat(tiny_tokenizer()).cut_reply("Paris.\nUser: more") == "Paris.\nUser: more"  # templates stop on tokens

@@ -97,5 +97,5 @@ class TextGenerator:
             "char_slice": self.char_slice,
         }
         if self._format(None).resolved_mode == "plain":  # plain replies are cut at the next "User:" turn
-            settings["cut_at_user_turn"] = True
+            settings["cut_at_user_turn"] = "from-first-line"
         return settings

@@ -80,6 +80,9 @@ class ChatFormat:
 
 
 def _cut_at_turn(reply: str) -> str:
-    """Drops everything from the first line that starts a new "User:" turn."""
-    cut = reply.find("\n" + PLAIN_USER.rstrip())
+    """Drops everything from the first line that starts a new "User:" turn (the reply's own first line too)."""
+    marker = PLAIN_USER.rstrip()
+    if reply.lstrip().startswith(marker):
+        return ""
+    cut = reply.find("\n" + marker)
     return reply if cut < 0 else reply[:cut].rstrip()
