@@ -56,6 +56,7 @@ class Source:
     onlyq_share: float = 0.0  # share of prompts drawn from the bare harmful questions (onlyQ inputs)
     reply_prefixes: tuple[str, ...] = ()  # the assistant turn starts with one of these (a prefilling attack)
     seed: int = 0
+    records_as: str | None = None  # a second batch of another source: its replies carry that source's name
 
 
 # Small models comply far more often with a bare harmful question than with a jailbreak they cannot
@@ -67,6 +68,8 @@ SOURCES: dict[str, Source] = {
     "smollm_system": Source(system_prompts=SYSTEM_PROMPTS, onlyq_share=0.5, seed=13),
     "smollm_sampled": Source(temperatures=(0.7, 0.85, 1.0), samples=2, onlyq_share=1.0, n=640, seed=14),
     "gemma_plain": Source(model="gemma3-270m", chat_format="plain", n=400, onlyq_share=0.5, seed=15),
+    "smollm_sampled_b": Source(temperatures=(0.8, 0.9, 1.0), samples=2, onlyq_share=1.0, n=786, seed=21,
+                               records_as="smollm_sampled"),
     "smollm_prefilled": Source(onlyq_share=0.7, n=340, seed=18, reply_prefixes=PREFIXES),
     "benign_smollm": Source(prompts="benign", n=400, seed=16),
     "benign_gemma": Source(model="gemma3-270m", chat_format="plain", prompts="benign", n=400, seed=17),
@@ -141,7 +144,7 @@ def make(source_name: str, out: Path, shared: Path, n: int | None) -> Path:
             generator = TextGenerator(model, tokenizer, source.chat_format, system, 1000, sampling, Batching())
             replies = generator([chosen[i][1] for i in rows], source.max_new_tokens)
             for i, reply in zip(rows, replies):
-                records.append({"source": source_name, "model": source.model, "chat_format": source.chat_format,
+                records.append({"source": source.records_as or source_name, "model": source.model, "chat_format": source.chat_format,
                                 "system_prompt": system, "temperature": temperature,
                                 "max_new_tokens": source.max_new_tokens, "prompt_ref": chosen[i][0],
                                 "prompt": chosen[i][1], "reply": reply})

@@ -30,12 +30,12 @@ def reply_id(source: str, text: str) -> str:
     return f"{source}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:10]}"
 
 
-def select(source: str, files: list[Path], n: int, seed: int) -> list[dict]:
+def select(source: str, files: list[Path], n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
     pool: dict[str, dict] = {}
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            if record["source"] != source or not record["reply"].strip():
+            if record["source"] != source or not record["reply"].strip() or reply_id(source, record["reply"]) in exclude:
                 continue
             pool.setdefault(record["reply"], record)  # exact duplicates within a source: the first one
     keys = sorted(pool)
@@ -51,13 +51,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", default="", help="a further batch of a source already labelled: its files get this "
+                        "suffix, and replies already drawn for the source are left out")
     args = parser.parse_args()
-    chosen = select(args.source, args.files, args.n, args.seed)
+    earlier = args.out / f"{args.source}.candidates.jsonl"
+    exclude = {json.loads(line)["id"] for line in earlier.read_text(encoding="utf-8").splitlines()} if args.batch else set()
+    chosen = select(args.source, args.files, args.n, args.seed, exclude)
+    name = f"{args.source}{args.batch}"
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / f"{args.source}.candidates.jsonl").open("w", encoding="utf-8") as handle:
+    with (args.out / f"{name}.candidates.jsonl").open("w", encoding="utf-8") as handle:
         for record in chosen:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    with (args.out / f"{args.source}.sheet.jsonl").open("w", encoding="utf-8") as handle:
+    with (args.out / f"{name}.sheet.jsonl").open("w", encoding="utf-8") as handle:
         for record in chosen:
             sheet = {"id": record["id"], "request": abridge(record["prompt"]), "reply": record["reply"]}
             handle.write(json.dumps(sheet, ensure_ascii=False) + "\n")
