@@ -27,7 +27,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 SAFEEDIT_FILES = ("safeedit_test_subset_dev.json", "safeedit_ccks2024_dev.json")
 
 # Every block any candidate reads; computed once per reply (two forwards: reply alone, reply after its request).
-ALL_BLOCKS = ("generator:18", "generator:24", "generator:27", "context:18", "context:24", "context:27", "context:30",
+ALL_BLOCKS = ("generator:18", "generator:24", "generator:27", "context:18", "context:24", "context:27",
               "novel:24", "novel:27", "request:18", "request:24", "request:27", "copy", "refusal_phrases")
 
 
@@ -54,6 +54,13 @@ CANDIDATES = [
     Candidate("context:24 + request:24 + copy", ("context:24", "request:24", "copy", "refusal_phrases")),
     Candidate("context:27 + request:27 + copy", ("context:27", "request:27", "copy", "refusal_phrases")),
     Candidate("context+request:24, MLP 64", ("context:24", "request:24", "copy", "refusal_phrases"), hidden=64, c=0.1),
+    Candidate("context+request:24, MLP 64, C 0.3", ("context:24", "request:24", "copy", "refusal_phrases"), hidden=64,
+              c=0.3),
+    Candidate("context+request:24, MLP 128", ("context:24", "request:24", "copy", "refusal_phrases"), hidden=128,
+              c=0.1),
+    Candidate("context:27 + request:24, MLP 64", ("context:27", "request:24", "copy", "refusal_phrases"), hidden=64,
+              c=0.1),
+    Candidate("reply-only, MLP 64", ("generator:27", "refusal_phrases"), hidden=64, c=0.1),
     Candidate("reply-only + context:24 + request:24 + copy", ("generator:27", "context:24", "request:24", "copy",
                                                             "refusal_phrases")),
 ]
@@ -120,10 +127,34 @@ def table(candidate: Candidate, results) -> str:
     for result in rows:
         a = result.overall
         lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | {a.tn} |")
+        if len(result.by_source) > 1:
+            for part, b in result.by_source.items():
+                lines.append(f"| &nbsp; {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | {b.tp} | {b.fn} | {b.fp} | {b.tn} |")
     total = pooled(rows)
     lines.append(f"| **pooled leave-one-source-out** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
                  f"{total.tp} | {total.fn} | {total.fp} | {total.tn} |")
+    lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, t) for t in SWEEP)]
     return "\n".join(lines)
+
+
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def sweep(results, threshold: float) -> str:
+    """Pooled leave-one-source-out, references and XSTest-test recall/specificity at another threshold."""
+    from detoxedit.judges.training import Agreement, agreement
+
+    parts = {"loso": Agreement(), "refs": Agreement(), "xstest": Agreement()}
+    for result in results:
+        part = "loso" if result.fold.name.startswith("loso:") else "refs" if result.fold.name.startswith("references") else "xstest"
+        labels = [r for r in result.fold.test]
+        got = agreement([EXAMPLES[i].label for i in labels], (result.scores >= threshold).astype(float).tolist())
+        for key in ("tp", "fn", "fp", "tn"):
+            setattr(parts[part], key, getattr(parts[part], key) + getattr(got, key))
+    return f"t={threshold}: " + ", ".join(f"{k} {_f(a.recall)}/{_f(a.specificity)}" for k, a in parts.items())
+
+
+EXAMPLES: list = []
 
 
 def _f(value: float) -> str:
@@ -143,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root)
+    EXAMPLES[:] = examples
     x, order = features(examples, args.cache)
     hidden_size = (x.shape[1] - 5) // (len(order) - 2)
     folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)

@@ -191,11 +191,11 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
 
     protocol = build_protocol(data, labels, xstest, data_root)
     texts = [e.text for e in protocol.examples]
-    heads = [(out, config, [e.prompt for e in protocol.examples])]
+    heads = [("main", out, config, [e.prompt for e in protocol.examples])]
     if reply_only:
-        heads.append((out / REPLY_ONLY, dataclasses.replace(config, features=reply_only), None))
+        heads.append(("reply_only", out / REPLY_ONLY, dataclasses.replace(config, features=reply_only), None))
     records = {}
-    for folder, head_config, prompts in heads:
+    for name, folder, head_config, prompts in heads:
         x = cached_features(texts, head_config.features, FeatureExtractor(), _cache_for(cache, folder != out), prompts)
         recipe = {"features": list(head_config.features), "c": head_config.c, "hidden": head_config.hidden,
                   "threshold": threshold, "label_weight": head_config.label_weight}
@@ -203,15 +203,17 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
         head.meta |= {"training_files": [str(f) for f in data], "label_files": [str(f) for f in labels],
                       "xstest_files": [str(f) for f in xstest], "head": recipe, **feature_sources(head_config.features)}
         head.save(folder)
-        records[str(folder)] = record
+        records[name] = record
         table = _agreement_table(f"{folder}: validation (threshold {threshold:g})")
         for fold in record["folds"]:
             _add_row(table, fold["name"], fold)
         _add_row(table, "pooled leave-one-source-out", record["pooled_loso"])
         console.print(table)
     if validation_out is not None:
+        inputs = {"safeedit": [Path(f).name for f in data], "labels": [Path(f).name for f in labels],
+                  "xstest": [Path(f).name for f in xstest]}
         validation_out.parent.mkdir(parents=True, exist_ok=True)
-        validation_out.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+        validation_out.write_text(json.dumps({"inputs": inputs, "heads": records}, indent=1) + "\n", encoding="utf-8")
     console.print(f"head written to {out} (fitted on the whole pool); use it with --judge embedded:{out}")
 
 
@@ -222,7 +224,10 @@ def _cache_for(cache: Path | None, companion: bool) -> Path | None:
 def _agreement_table(title: str) -> Table:
     table = Table(title=title)
     for column in ("data", "n", "accuracy", "recall(unsafe)", "specificity", "TP", "FN", "FP", "TN"):
-        table.add_column(column, justify="left" if column == "data" else "right")
+        if column == "data":
+            table.add_column(column, overflow="fold")  # fold rather than cut: the names tell the folds apart
+        else:
+            table.add_column(column, justify="right")
     return table
 
 

@@ -101,7 +101,8 @@ def examples_from_xstest(paths: Sequence[str | Path], split: str | None = None) 
         for c in load_xstest_completions(path):
             if c.safety_label is None or (split and split_of(c.prompt) != split) or is_empty(c.completion):
                 continue
-            examples.append(Example(c.completion, c.safety_label, f"xstest:{c.prompt}", f"xstest:{c.model}",
+            kind = "unsafe-prompt" if c.prompt_is_unsafe else "safe-prompt"
+            examples.append(Example(c.completion, c.safety_label, f"xstest:{kind}:{c.prompt}", f"xstest:{c.model}",
                                     hand_labelled=True, prompt=c.prompt))
     return examples
 
@@ -216,8 +217,11 @@ class Agreement:
         """Share of truly safe replies the judge calls safe."""
         return self.tn / (self.tn + self.fp) if self.tn + self.fp else float("nan")
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"n": self.n, "accuracy": self.accuracy, "recall_unsafe": self.recall, "specificity": self.specificity,
+    def as_dict(self) -> dict[str, float | int | None]:
+        """The counts and ratios; a ratio with no replies to count (no unsafe reply: no recall) is None,
+        so that the JSON it is written to stays standard (no NaN)."""
+        ratios = {"accuracy": self.accuracy, "recall_unsafe": self.recall, "specificity": self.specificity}
+        return {"n": self.n, **{k: None if v != v else v for k, v in ratios.items()},
                 "tp": self.tp, "fn": self.fn, "fp": self.fp, "tn": self.tn}
 
 

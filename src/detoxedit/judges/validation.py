@@ -3,7 +3,8 @@
 Three protocols (docs/judges.md reports all three for every candidate):
     leave-one-source-out  for each source of hand labels (a model, a prompt format, an edit method,
                           sampling, benign requests), fit on everything else and test on that source;
-    references            fit without the SafeEdit reference replies, test on them;
+    references            for each SafeEdit dev file, fit without its reference replies (the other
+                          file's stay in), test on them;
     xstest                fit on the pool (which holds only XSTest's *train* prompts), test on XSTest's
                           *test* prompts (`data.xstest.split_of`): people outside this project labelled them.
 A test reply's text is also removed from that fold's training data wherever else it occurs (small
@@ -55,7 +56,7 @@ def protocol_folds(examples: Sequence[Example], pool: Sequence[int], loso_source
     Args:
         pool: indices of the examples a head may be fitted on (everything but `heldout`).
         loso_sources: hand-label sources to leave out one at a time.
-        reference_sources: the SafeEdit reference files (one fold leaves all of them out).
+        reference_sources: the SafeEdit reference files (one fold for each, left out alone).
         heldout: indices never fitted on (XSTest's test prompts); tested in one fold.
     """
     by_source: dict[str, list[int]] = {}
@@ -66,9 +67,10 @@ def protocol_folds(examples: Sequence[Example], pool: Sequence[int], loso_source
         test = by_source.get(source, [])
         if test:
             folds.append(_fold(f"loso:{source}", examples, test, pool, set(test)))
-    refs = [i for s in reference_sources for i in by_source.get(s, [])]
-    if refs:
-        folds.append(_fold("references", examples, refs, pool, set(refs)))
+    for source in reference_sources:
+        refs = by_source.get(source, [])
+        if refs:
+            folds.append(_fold(source, examples, refs, pool, set(refs)))
     if heldout:
         folds.append(_fold("xstest:test", examples, list(heldout), pool, set()))
     return folds
@@ -94,10 +96,17 @@ def run_fold(fold: Fold, examples: Sequence[Example], x: np.ndarray, config: Hea
     scores = np.asarray(head.score_texts([e.text for e in test], x[fold.test]))
     predicted = (scores >= threshold).astype(float)
     by_source: dict[str, Agreement] = {}
-    for source in sorted({e.source for e in test}):
-        rows = [k for k, e in enumerate(test) if e.source == source]
+    for source in sorted({_part(e) for e in test}):
+        rows = [k for k, e in enumerate(test) if _part(e) == source]
         by_source[source] = agreement([test[k].label for k in rows], predicted[rows].tolist())
     return FoldResult(fold, agreement([e.label for e in test], predicted.tolist()), by_source, scores)
+
+
+def _part(example: Example) -> str:
+    """What a fold's numbers are broken down by: the source, and for XSTest the prompt's side (safe/unsafe)."""
+    if example.group.startswith("xstest:"):
+        return "xstest " + example.group.split(":")[1]
+    return example.source
 
 
 def pooled(results: Sequence[FoldResult], prefix: str = "loso:") -> Agreement:

@@ -1,0 +1,60 @@
+"""The judge's validation protocols: no fold ever fits on a reply it is measured on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detoxedit.judges.training import Example, HeadConfig
+from detoxedit.judges.validation import Protocol, digest, pooled, protocol_folds, run_fold, validate_and_fit
+
+
+def examples() -> list[Example]:
+    rows = []
+    for source in ("chat", "edited", "gemma"):
+        for i in range(12):
+            unsafe = i % 3 == 0
+            text = f"{'Sure, here is how' if unsafe else 'I will not'} {i}"
+            rows.append(Example(text if source != "edited" or i > 3 else f"Sure, here is how {i}", int(unsafe),
+                                f"{source}:{i}", source, True, f"request {i}"))
+    rows += [Example(f"reference {i}", i % 2, f"ref:{i}", f"references:{'x' if i < 3 else 'y'}.json",
+                     prompt="q") for i in range(6)]
+    rows += [Example(f"xstest {i}", i % 2, f"x:{i}", "xstest:m", prompt="p") for i in range(6)]
+    return rows
+
+
+def test_folds_leave_out_their_source_and_every_copy_of_a_test_reply():
+    data = examples()
+    pool, heldout = list(range(len(data) - 3)), list(range(len(data) - 3, len(data)))
+    folds = protocol_folds(data, pool, ["chat", "edited", "gemma"], ["references:x.json", "references:y.json"], heldout)
+    assert [f.name for f in folds] == ["loso:chat", "loso:edited", "loso:gemma", "references:x.json",
+                                       "references:y.json", "xstest:test"]
+    for fold in folds:
+        test_texts = {data[i].text for i in fold.test}
+        assert not set(fold.train) & set(fold.test)
+        assert not {data[i].text for i in fold.train} & test_texts  # "edited" copies chat replies 0-3
+        assert not set(fold.train) & set(heldout)  # XSTest's test side is never fitted on
+    x_file = folds[3]  # one reference file out, the other fitted on
+    assert {data[i].source for i in x_file.test} == {"references:x.json"}
+    assert {"references:y.json"} <= {data[i].source for i in x_file.train}
+    chat = folds[0]
+    assert {data[i].source for i in chat.test} == {"chat"}
+    copies = [i for i in range(12, 24) if data[i].text in {"Sure, here is how 0", "Sure, here is how 3"}]
+    assert len(copies) == 2 and not set(copies) & set(chat.train)  # the edited source's copies of chat replies
+
+
+def test_validate_and_fit_reports_pooled_leave_one_source_out_as_the_heads_error_rates():
+    data = examples()
+    x = np.array([[float(e.text.startswith("Sure")), float(len(e.text))] for e in data], dtype=np.float32)
+    protocol = Protocol(data, list(range(len(data) - 6)), list(range(len(data) - 6, len(data))),
+                        ["chat", "edited", "gemma"], ["references:x.json", "references:y.json"])
+    config = HeadConfig(c=1.0, features=("refusal_phrases",))
+    head, record = validate_and_fit(protocol, x, config, 0.5, refusal_guard=False)
+    results = [run_fold(f, data, x, config, 0.5, False) for f in protocol.folds()]
+    loso = pooled(results)
+    assert head.meta["error_rates"] | {"measured_on": ""} == {"tp": loso.tp, "fn": loso.fn, "fp": loso.fp, "tn": loso.tn,
+                                                               "measured_on": ""}
+    assert loso.tp + loso.fn == sum(1 for e in data[:36] if e.label)
+    fold = record["folds"][0]
+    assert fold["name"] == "loso:chat" and len(fold["test_keys"]) == 12 and fold["n_train"] > 0
+    assert len(fold["train_digest"]) == 64 and fold["train_digest"] != digest(fold["test_keys"])
