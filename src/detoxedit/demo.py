@@ -163,12 +163,20 @@ def _fmt_change(before: float | None, after: float | None, digits: int) -> str:
 
 
 def pick_examples(generations: list[dict[str, Any]], n: int) -> list[tuple[dict, dict]]:
-    """Up to ``n`` (vanilla, edited) adversarial reply pairs, flipped unsafe -> safe ones first."""
+    """Up to ``n`` (vanilla, edited) adversarial reply pairs: flipped unsafe -> safe ones first, and among
+    those one per unsafe category before a second of any (several items often share one question)."""
     by_key = {(r["variant"], str(r["item_id"]), r["kind"]): r for r in generations}
     pairs = [(by_key[("vanilla", item_id, "adversarial")], r) for (variant, item_id, kind), r in by_key.items()
              if variant == "edited" and kind == "adversarial" and ("vanilla", item_id, "adversarial") in by_key]
-    pairs.sort(key=lambda pair: (not (pair[0]["label"] == 1.0 and pair[1]["label"] == 0.0)))
-    return pairs[:n]
+    seen: dict[tuple[bool, str], int] = {}
+    ranked = []
+    for pair in pairs:
+        flipped = pair[0]["label"] == 1.0 and pair[1]["label"] == 0.0
+        repeat = seen.get((flipped, pair[0]["category"]), 0)
+        seen[(flipped, pair[0]["category"])] = repeat + 1
+        ranked.append(((not flipped, repeat), pair))
+    ranked.sort(key=lambda entry: entry[0])  # stable: plan order within a rank
+    return [pair for _, pair in ranked[:n]]
 
 
 def reply_tables(folder: Path, n: int) -> list[Any]:

@@ -37,14 +37,16 @@ def test_demo_config_uses_the_builtin_test_split_and_mini_sets() -> None:
     assert cfg.limit == 3 and cfg.judge == "refusal"
 
 
-def test_pick_examples_prefers_flipped_items() -> None:
-    def record(variant: str, item: int, label: float) -> dict:
-        return {"variant": variant, "item_id": item, "kind": "adversarial", "label": label}
+def test_pick_examples_prefers_flipped_items_then_new_categories() -> None:
+    def record(variant: str, item: int, label: float, category: str = "a") -> dict:
+        return {"variant": variant, "item_id": item, "kind": "adversarial", "label": label, "category": category}
 
     generations = [record("vanilla", 0, 1.0), record("edited", 0, 1.0),
                    record("vanilla", 1, 1.0), record("edited", 1, 0.0)]
     pairs = pick_examples(generations, 1)
     assert pairs[0][0]["item_id"] == 1 and pairs[0][1]["label"] == 0.0
+    generations = [record(v, i, label, c) for i, c in enumerate("aab") for v, label in (("vanilla", 1.0), ("edited", 0.0))]
+    assert [before["item_id"] for before, _ in pick_examples(generations, 3)] == [0, 2, 1]
 
 
 def test_metrics_tables_show_before_after_and_lenient_kqa() -> None:

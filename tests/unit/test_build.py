@@ -230,6 +230,24 @@ def test_replies_read_and_found_not_unsafe_are_dropped_whatever_the_judge_says(t
     review.write_text("not_unsafe:\n  - question: x\n", encoding="utf-8")
     with pytest.raises(DataError, match="template"):
         b.load_reviewed(review)
+    review.write_text("not_unsafe: []\n", encoding="utf-8")
+    assert b.load_reviewed(review) == {}  # nothing read yet is a valid review
+    review.write_text("not_unsafe: {}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="list"):
+        b.load_reviewed(review)
+
+
+def test_every_shipped_item_was_read_unsafe_and_every_review_names_a_planned_candidate() -> None:
+    from detoxedit.data import builtin
+
+    reviewed = b.load_reviewed(builtin.REVIEWED)
+    sources = b.load_sources(builtin.QUESTIONS, builtin.TEMPLATES, builtin.REFUSALS, builtin.KNOWLEDGE)
+    config = b.BuildConfig(seed=builtin.BUILT_WITH["seed"], splits=tuple(builtin.BUILT_WITH["splits"]),
+                           per_question=builtin.BUILT_WITH["per_question"], max_new_tokens=builtin.BUILT_WITH["max_new_tokens"])
+    planned = {(c.question.text, c.template.name) for c in b.plan_candidates(sources, config)}
+    assert set(reviewed) <= planned and all(reason.strip() for reason in reviewed.values())
+    shipped = [(item.question, item.attack_name) for split in b.SPLITS for item in builtin.load_builtin_benchmark(split)]
+    assert shipped and not set(shipped) & set(reviewed)
 
 
 def test_unsafe_generation_is_the_models_reply(tmp_path: Path, tiny) -> None:

@@ -38,7 +38,8 @@ def build(
     judge: str = typer.Option("embedded", help="Judge that keeps a reply only if unsafe: embedded | refusal | hf:PATH."),
     seed: int = typer.Option(0, help="Seed of every choice (splits, templates, generalisation inputs)."),
     splits: str = typer.Option("0.6,0.2,0.2", help="Train,val,test fractions of each category's questions."),
-    per_question: int = typer.Option(2, help="Templates tried per question (bounds generation cost)."),
+    per_question: int = typer.Option(25, help="Templates tried per question (bounds generation cost; capped at the "
+                                     "number of templates; 25 = every built-in one)."),
     max_new_tokens: int = typer.Option(64, help="New tokens per generated reply."),
     reviewed: Path = typer.Option(None, help="YAML of replies read and found not unsafe (dropped whatever the judge "
                                   "says); default: the built-in review when every source is the built-in one."),

@@ -147,8 +147,8 @@ class BuildResult:
 # ---------------------------------------------------------------- reading and validation
 
 
-def read_yaml(path: str | Path, key: str, kind: type) -> Any:
-    """Read ``path`` and return its top-level ``key``, which must be a non-empty ``kind``."""
+def read_yaml(path: str | Path, key: str, kind: type, allow_empty: bool = False) -> Any:
+    """Read ``path`` and return its top-level ``key``, which must be a ``kind`` (non-empty unless `allow_empty`)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -159,8 +159,8 @@ def read_yaml(path: str | Path, key: str, kind: type) -> Any:
     expected = "a mapping" if kind is dict else "a list"
     if not isinstance(data, dict) or key not in data:
         raise DataError(f"{path}: expected a top-level key {key!r} holding {expected}")
-    if not isinstance(data[key], kind) or not data[key]:
-        raise DataError(f"{path}: {key!r} must be a non-empty {expected.split()[-1]}")
+    if not isinstance(data[key], kind) or not (data[key] or allow_empty):
+        raise DataError(f"{path}: {key!r} must be a {'' if allow_empty else 'non-empty '}{expected.split()[-1]}")
     return data[key]
 
 
@@ -489,7 +489,7 @@ def collect(candidates: Sequence[Candidate], replies: Sequence[str], labels: Seq
 
 def load_reviewed(path: str | Path) -> dict[tuple[str, str], str]:
     """Read ``not_unsafe: [{question, template, reason}, ...]``: replies read and found not unsafe."""
-    raw = read_yaml(path, "not_unsafe", list)
+    raw = read_yaml(path, "not_unsafe", list, allow_empty=True)  # an empty review is a review
     problems: list[str] = []
     reviewed = {}
     for index, entry in enumerate(raw):

@@ -40,16 +40,16 @@ reads (a list rather than JSONL so that the package-data pattern ``*.json`` ship
 BUILT_WITH: dict[str, object] = {
     "model": "default",
     "judge": "embedded",
-    "judge_head_sha256": "7de07edfc124f1bd6fe8f484feab66845667cc566f65ead783cecae185743747",
+    "judge_head_sha256": "6433b54dbbdf296c5a5e583f771a2b85a2b90513d78be08c20e95f101ad8852d",
     "judge_refusal_guard": True,  # the guard only lowers scores; no shipped unsafe reply is a guarded refusal
     "seed": 0,
     "splits": [0.6, 0.2, 0.2],
-    "per_question": 2,
+    "per_question": 25,  # every built-in template: the model complies with few, and reading drops more
     "max_new_tokens": 64,
     "torch_threads": 2,
 }
 """How the shipped benchmark was built. SafeEdit JSON has no room for metadata, so it lives here;
-``detoxedit build`` with these settings on the built-in YAMLs reproduces the files byte for byte
+``detoxedit build`` with these settings on the built-in YAMLs (and the built-in ``reviewed.yaml``) reproduces the files byte for byte
 (on CPU with the same torch version; other kernels may change a generated token)."""
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
