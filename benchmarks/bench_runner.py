@@ -109,7 +109,7 @@ def way_a(args: argparse.Namespace, n_items: int, max_new_tokens: int) -> dict[s
                    for t in texts.values()]
         clock.lap("generate")
         item_replies = [decode_reply(tok, ids, set(stops)) for ids in new_ids]
-        judge.score(item_replies)
+        judge.score(item_replies, list(texts.values()))  # with the requests, as the runner judges
         clock.lap("judge")
         with torch.no_grad():
             params[name].copy_(original)  # the reference writes the saved weights back
