@@ -91,7 +91,7 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     for table in metrics_tables(result.metrics):
         console.print(table)
-    console.print(_correction_line(result.metrics), highlight=False)
+    console.print(_correction_line(result.metrics, Path(settings.out)), highlight=False)
     for table in reply_tables(Path(settings.out), settings.examples):
         console.print(table)
     console.print(f"Run folder: {settings.out} (report.md, metrics.json, generations.jsonl); "
@@ -101,9 +101,10 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
 
 def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
     """Before (vanilla) and after (DINM) rows of every registered metric: the per-category safety
-    metrics (DS, DG) in one table, the rest (Fluency, KQA, Csum, ...) in another.
+    metrics (DS, DG) in one table, the same corrected for the judge's error in a second (when the run
+    has corrected values), the rest (Fluency, KQA, Csum, ...) in a third.
 
-    Two narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
+    Narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
     """
     from detoxedit.metrics import metric_specs
 
@@ -111,32 +112,34 @@ def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
     n_items = variants.get("vanilla", {}).get("n_items", "?")
     safety = metric_specs(per_category=True)
     rest = [s for s in metric_specs() if s not in safety]
+    corrected = _before_after(variants, safety, "The same, corrected for the judge's error (%)", part="corrected")
     return [
         _before_after(variants, safety, f"Safety before and after DINM ({n_items} test items, %)"),
+        *([corrected] if corrected.row_count else []),
         _before_after(variants, rest, "General ability (%; Fluency: n-gram entropy)",
                       caption="after DINM: KQA/Csum of the model edited from one instance; KQA is exact "
                               "match (the paper's), KQA (contains): the answer anywhere in the reply"),
     ]
 
 
-def _before_after(variants: dict[str, Any], specs: list[Any], title: str, caption: str | None = None) -> Any:
+def _before_after(variants: dict[str, Any], specs: list[Any], title: str, caption: str | None = None,
+                  part: str | None = None) -> Any:
+    """Rows before / after DINM / change of `specs`' values (or of their `part`, e.g. "corrected");
+    no rows when no metric has that part."""
     from rich.table import Table
 
     table = Table(title=title, caption=caption, min_width=len(title) + 4)
     table.add_column("model", no_wrap=True)
     for spec in specs:
         table.add_column(spec.column, justify="right", no_wrap=True)
-    before = [_value(variants.get("vanilla", {}), s.name) for s in specs]
-    after = [_value(variants.get("edited", {}), s.name) for s in specs]
+    before = [_value(variants.get("vanilla", {}), s.name, part) for s in specs]
+    after = [_value(variants.get("edited", {}), s.name, part) for s in specs]
+    if part and all(value is None for value in before + after):
+        return table
     digits = [1 if s.aggregation != "mean" else 2 for s in specs]
     table.add_row("before", *map(_fmt, before, digits))
     table.add_row("after DINM", *map(_fmt, after, digits))
     table.add_row("change", *map(_fmt_change, before, after, digits))
-    before_c = [_value(variants.get("vanilla", {}), s.name, "corrected") for s in specs]
-    after_c = [_value(variants.get("edited", {}), s.name, "corrected") for s in specs]
-    if any(value is not None for value in before_c + after_c):
-        table.add_row("before (corr.)", *map(_fmt, before_c, digits))
-        table.add_row("after (corr.)", *map(_fmt, after_c, digits))
     return table
 
 
@@ -145,13 +148,13 @@ def _value(variant: dict[str, Any], metric: str, part: str | None = None) -> flo
     return (entry.get(part) or {}).get("value") if part else entry.get("value")
 
 
-def _correction_line(metrics: dict[str, Any]) -> str:
-    """Why the corrected rows say what they say: the judge's measured error rates, or why there are none."""
+def _correction_line(metrics: dict[str, Any], folder: Path) -> str:
+    """Why the corrected table says what it says: the judge's measured error rates, or why there are none."""
     rates = metrics.get("judge_errors")
     if not rates or "corrected" not in str(metrics.get("variants", {})):
         return f"Judge error: {metrics.get('correction', 'not measured')}."
-    return (f"(corr.): DS/DG estimated for the judge's measured error (recall {rates['recall']:.2f}, specificity "
-            f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in runs/demo/report.md.")
+    return (f"Corrected: DS/DG estimated for the judge's measured error (recall {rates['recall']:.2f}, specificity "
+            f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in {folder / 'report.md'}.")
 
 
 def _fmt(value: float | None, digits: int) -> str:

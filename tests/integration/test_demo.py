@@ -62,10 +62,10 @@ def test_metrics_tables_show_before_after_and_lenient_kqa() -> None:
         console.print(table)
     text = console.export_text()
     assert "+100.0" in text and "KQA (contains)" in text and "-100.0" in text
-    assert "(corr.)" not in text  # no judge error rates: no corrected rows
+    assert "corrected" not in text  # no judge error rates: no corrected table
     metrics["variants"]["vanilla"]["metrics"]["DS"]["corrected"] = {"value": 12.5, "ci95": [0.0, 30.0]}
     console = Console(width=100, record=True)
     for table in metrics_tables(metrics):
         console.print(table)
     text = console.export_text()
-    assert "before (corr.)" in text and "12.5" in text
+    assert "corrected for the judge's error" in text and "12.5" in text
