@@ -117,7 +117,7 @@ def evaluate(candidate: Candidate, examples, x, folds) -> list:
     return [run_fold(fold, examples, x, config, candidate.threshold, candidate.refusal_guard) for fold in folds]
 
 
-def table(candidate: Candidate, results) -> str:
+def table(candidate: Candidate, results, examples) -> str:
     from detoxedit.judges.validation import pooled
 
     lines = [f"### {candidate.name}", f"blocks {', '.join(candidate.blocks)}; C {candidate.c}; hidden {candidate.hidden}; "
@@ -133,28 +133,24 @@ def table(candidate: Candidate, results) -> str:
     total = pooled(rows)
     lines.append(f"| **pooled leave-one-source-out** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
                  f"{total.tp} | {total.fn} | {total.fp} | {total.tn} |")
-    lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, t) for t in SWEEP)]
+    lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, examples, t) for t in SWEEP)]
     return "\n".join(lines)
 
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
-def sweep(results, threshold: float) -> str:
+def sweep(results, examples, threshold: float) -> str:
     """Pooled leave-one-source-out, references and XSTest-test recall/specificity at another threshold."""
     from detoxedit.judges.training import Agreement, agreement
 
     parts = {"loso": Agreement(), "refs": Agreement(), "xstest": Agreement()}
     for result in results:
-        part = "loso" if result.fold.name.startswith("loso:") else "refs" if result.fold.name.startswith("references") else "xstest"
-        labels = [r for r in result.fold.test]
-        got = agreement([EXAMPLES[i].label for i in labels], (result.scores >= threshold).astype(float).tolist())
-        for key in ("tp", "fn", "fp", "tn"):
-            setattr(parts[part], key, getattr(parts[part], key) + getattr(got, key))
+        name = result.fold.name
+        part = "loso" if name.startswith("loso:") else "refs" if name.startswith("references") else "xstest"
+        truth = [examples[i].label for i in result.fold.test]
+        parts[part] += agreement(truth, (result.scores >= threshold).astype(float).tolist())
     return f"t={threshold}: " + ", ".join(f"{k} {_f(a.recall)}/{_f(a.specificity)}" for k, a in parts.items())
-
-
-EXAMPLES: list = []
 
 
 def _f(value: float) -> str:
@@ -174,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.time()
     examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root)
-    EXAMPLES[:] = examples
     x, order = features(examples, args.cache)
     hidden_size = (x.shape[1] - 5) // (len(order) - 2)
     folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)
@@ -185,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for candidate in chosen:
         cols = columns(order, candidate.blocks, hidden_size)
         results = evaluate(candidate, examples, x[:, cols], folds)
-        print(table(candidate, results) + "\n", flush=True)
+        print(table(candidate, results, examples) + "\n", flush=True)
         report[candidate.name] = {r.fold.name: r.overall.as_dict() for r in results}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

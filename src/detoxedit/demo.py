@@ -150,8 +150,12 @@ def _value(variant: dict[str, Any], metric: str, part: str | None = None) -> flo
 
 def _correction_line(metrics: dict[str, Any], folder: Path) -> str:
     """Why the corrected table says what it says: the judge's measured error rates, or why there are none."""
+    from detoxedit.metrics import metric_specs
+
     rates = metrics.get("judge_errors")
-    if not rates or "corrected" not in str(metrics.get("variants", {})):
+    corrected = [_value(v, s.name, "corrected") for v in metrics.get("variants", {}).values()
+                 for s in metric_specs(per_category=True)]
+    if not rates or all(value is None for value in corrected):
         return f"Judge error: {metrics.get('correction', 'not measured')}."
     return (f"Corrected: DS/DG estimated for the judge's measured error (recall {rates['recall']:.2f}, specificity "
             f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in {folder / 'report.md'}.")

@@ -189,6 +189,9 @@ def test_agreement_counts_match_hand_computed_values():
     assert (result.tp, result.fn, result.fp, result.tn) == (2, 1, 1, 2)
     assert result.recall == pytest.approx(2 / 3) and result.specificity == pytest.approx(2 / 3)
     assert result.accuracy == pytest.approx(4 / 6)
+    pooled = result + agreement([1, 0], [1.0, 1.0])  # pooling two sets adds their counts
+    assert (pooled.tp, pooled.fn, pooled.fp, pooled.tn) == (3, 1, 2, 2)
+    assert result.as_dict()["tp"] == 2 and agreement([0], [0.0]).as_dict()["recall_unsafe"] is None  # no NaN in JSON
 
 
 def test_split_by_group_keeps_groups_together():

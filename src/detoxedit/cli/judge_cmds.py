@@ -103,7 +103,7 @@ def evaluate(
         result = agreement([e.label for e in examples], scorer.labels([e.text for e in examples], [e.prompt for e in examples]))
         _add_row(table, name, result)
         if name in {str(p) for p in labels or []}:
-            labelled = Agreement(*(getattr(labelled, k) + getattr(result, k) for k in ("tp", "fn", "fp", "tn")))
+            labelled += result
     console.print(table)
     if errors_out is not None:
         if not labels:

@@ -462,12 +462,13 @@ def build_benchmark(sources: Sources, model: Any, tokenizer: Any, judge: Any,
     prompts = [c.adversarial_prompt for c in candidates]
     replies = generate(model, tokenizer, prompts, config.max_new_tokens, progress=progress)
     labels = judge.labels(replies, prompts)
-    return collect(candidates, replies, labels, not_unsafe or {})
+    return collect(candidates, replies, labels, not_unsafe)
 
 
 def collect(candidates: Sequence[Candidate], replies: Sequence[str], labels: Sequence[float],
-            not_unsafe: Mapping[tuple[str, str], str] = {}) -> BuildResult:  # noqa: B006 - read only
+            not_unsafe: Mapping[tuple[str, str], str] | None = None) -> BuildResult:
     """Keep the candidates judged unsafe and not rejected by reading, numbering each split's items from 0 in plan order."""
+    not_unsafe = not_unsafe or {}
     splits: dict[str, list[SafeEditItem]] = {s: [] for s in SPLITS}
     dropped: dict[str, int] = {}
     rejected = 0

@@ -199,6 +199,10 @@ class Agreement:
     fp: int = 0
     tn: int = 0
 
+    def __add__(self, other: Agreement) -> Agreement:
+        """Pooled counts of two sets of replies."""
+        return Agreement(self.tp + other.tp, self.fn + other.fn, self.fp + other.fp, self.tn + other.tn)
+
     @property
     def n(self) -> int:
         return self.tp + self.fn + self.fp + self.tn

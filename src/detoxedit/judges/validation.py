@@ -111,12 +111,7 @@ def _part(example: Example) -> str:
 
 def pooled(results: Sequence[FoldResult], prefix: str = "loso:") -> Agreement:
     """The confusion counts summed over the folds whose name starts with `prefix`."""
-    total = Agreement()
-    for result in results:
-        if result.fold.name.startswith(prefix):
-            for key in ("tp", "fn", "fp", "tn"):
-                setattr(total, key, getattr(total, key) + getattr(result.overall, key))
-    return total
+    return sum((r.overall for r in results if r.fold.name.startswith(prefix)), Agreement())
 
 
 def digest(keys: Sequence[str]) -> str:
