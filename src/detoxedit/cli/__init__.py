@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import disk_error_message
 
 app = typer.Typer(
     name="detoxedit",
@@ -60,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         err.show()
         return _exit(getattr(err, "exit_code", 2))
     except (DetoxeditError, FileNotFoundError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return _exit(2)
+        return _fail(str(err))
+    except OSError as err:  # a full disk or read-only folder met mid-run: one line, not a traceback
+        message = disk_error_message(err)
+        if message is None:
+            raise
+        return _fail(message)
     return _exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str) -> int:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return _exit(2)
 
 
 def _exit(code: int) -> int:
