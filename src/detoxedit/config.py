@@ -160,7 +160,6 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 def write_resolved_config(cfg: dict[str, Any], folder: Path) -> Path:
     """Writes the fully resolved config of a run beside its results (config.json)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.json"
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    return path
+    from detoxedit.files import atomic_write_text
+
+    return atomic_write_text(folder / "config.json", json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")

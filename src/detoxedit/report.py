@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import atomic_write_text
 from detoxedit.evaluation.records import read_jsonl
 from detoxedit.analysis.figures import distance_profile, layer_histogram
 from detoxedit.metrics import metric_specs
@@ -56,8 +57,8 @@ def load_run(folder: Path | str) -> RunData:
             raise DetoxeditError(f"{folder}: no {name}; is this a finished run folder of `detoxedit evaluate/run`?")
     return RunData(
         folder,
-        json.loads((folder / "config.json").read_text(encoding="utf-8")),
-        json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
+        _read_json(folder / "config.json"),
+        _read_json(folder / "metrics.json"),
         read_jsonl(folder / "generations.jsonl"),
         read_jsonl(folder / "items.jsonl"),
     )
@@ -140,21 +141,43 @@ def examples(run: RunData, n: int = 3) -> str:
         edited = by_key.get(("edited", item_id, "adversarial"))
         block = [f"**Item {item_id}** ({vanilla['category'] if vanilla else ''}) — adversarial input:", "",
                  _quote(vanilla["prompt"] if vanilla else edited["prompt"], 300), ""]
-        for name, record in (("Vanilla", vanilla), ("Edited", edited)):
+        for name, record in ((baseline_name(run.metrics), vanilla), ("Edited", edited)):
             if record is not None:
                 block += [f"*{name}* (label {record['label']:g}, score {record['score']:.2f}):", "", _quote(record["reply"]), ""]
         blocks.append("\n".join(block))
     return "\n".join(blocks)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run file's JSON; an empty or damaged file (e.g. from an old version killed mid-write) is one line."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DetoxeditError(f"{path} is empty or damaged ({err}); re-run the command that wrote the folder "
+                             "to recompute it") from err
+    if not isinstance(value, dict):
+        raise DetoxeditError(f"{path} does not hold a JSON object; is this a detoxedit run folder?")
+    return value
+
+
 # ---------------------------------------------------------------- reports
+
+
+def baseline_name(metrics: dict[str, Any]) -> str:
+    """What the unedited-by-this-run row is: "Vanilla", or, for a checkpoint detoxedit saved after
+    editing (its provenance lists edits; `metrics["model_edits"]`), "Edited model (dinm)"."""
+    edits = metrics.get("model_edits") or []
+    if not edits:
+        return "Vanilla"
+    methods = list(dict.fromkeys(str(e.get("method")) for e in edits))
+    return f"Edited model ({', '.join(methods)}; {len(edits)} edit{'s' if len(edits) > 1 else ''})"
 
 
 def _rows_of(run: RunData, label: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     rows = []
     vanilla, edited = run.variant("vanilla"), run.variant("edited")
     if vanilla:
-        rows.append((f"Vanilla ({run.config.get('model')})", vanilla["metrics"]))
+        rows.append((f"{baseline_name(run.metrics)} ({run.config.get('model')})", vanilla["metrics"]))
     if edited:
         rows.append((label or run.method.upper(), edited["metrics"]))
     return rows
@@ -218,9 +241,7 @@ def _edit_section(run: RunData, figures: bool) -> list[str]:
 def write_run_report(folder: Path | str) -> Path:
     """Writes report.md (and figures) into a run folder."""
     run = load_run(folder)
-    path = run.folder / "report.md"
-    path.write_text(run_report(run), encoding="utf-8")
-    return path
+    return atomic_write_text(run.folder / "report.md", run_report(run))
 
 
 def compare_runs(folders: Sequence[Path | str]) -> str:
@@ -236,7 +257,7 @@ def compare_runs(folders: Sequence[Path | str]) -> str:
     rows = []
     for run in baselines.values():  # with several baselines, each names the run it comes from
         label = run.config.get("model") if len(baselines) == 1 else f"{run.config.get('model')}; {run.folder.name}"
-        rows.append((f"Vanilla ({label})", run.variant("vanilla")["metrics"]))
+        rows.append((f"{baseline_name(run.metrics)} ({label})", run.variant("vanilla")["metrics"]))
     for run in runs:
         if run.variant("edited"):
             rows.append((f"{run.method.upper()} ({run.folder.name})", run.variant("edited")["metrics"]))

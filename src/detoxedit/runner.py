@@ -10,14 +10,20 @@ generation (`applied`). The weights a method declares it may write (`EditMethod.
 checksummed at the start and verified after every batch of items; any mismatch aborts with
 RestoreError.
 
-A run folder holds config.json, generations.jsonl, items.jsonl, general.jsonl (with --general),
-metrics.json and report.md. Re-running the same command continues where it stopped.
+A run folder holds config.json, inputs.json (the digests of the input files and items, so a
+changed input is refused on resume: `evaluation/inputs.py`), generations.jsonl, items.jsonl,
+general.jsonl (with --general), metrics.json and report.md. Re-running the same command continues
+where it stopped. Each item's edit is kept in pending/ from the moment it is computed until the
+item's records are written, so a kill loses at most the edit being computed. Every file is written
+atomically (`detoxedit.files`) or appended to a log whose torn last line a resume drops.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +36,24 @@ from detoxedit import __version__
 from detoxedit.config import config_to_dict, write_resolved_config
 from detoxedit.data import SafeEditItem, load_safeedit
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import atomic_write_bytes, atomic_write_text, check_writable_folder
 from detoxedit.evaluation.config import RunConfig, config_differences
+from detoxedit.evaluation.inputs import INPUTS_FILE, input_changes, run_inputs
 from detoxedit.evaluation.general import general_records, general_tasks
-from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn
+from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn, jsonable
 from detoxedit.evaluation.scoring import correction_note, summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
 from detoxedit.metrics.correction import JudgeErrorRates
 from detoxedit.methods.base import GLOBAL, Edit, EditMethod, RestoreError, applied, build_method, weight_checksum
 from detoxedit.models.generation import Batching, Sampling
 from detoxedit.models.multidelta import RowDeltas, supports_row_deltas
+from detoxedit.provenance import edits_summary
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("config.json", "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json", "report.md",
-             "first_edit.pt", "fitted_edit.pt", "layer_histogram.png", "distance_profile.png")
+RUN_FILES = ("config.json", INPUTS_FILE, "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json",
+             "report.md", "first_edit.pt", "fitted_edit.pt", "layer_histogram.png", "distance_profile.png")
+PENDING = "pending"  # edits computed but not yet evaluated: pending/<digest of the item id>.pt
 VANILLA_CHUNK = 512  # prompts per vanilla generation job; each finished chunk is cached on disk
 
 
@@ -56,27 +66,47 @@ class RunResult:
 # ---------------------------------------------------------------- folders
 
 
-def check_run_folder(folder: Path, resolved: dict[str, Any], overwrite: bool) -> bool:
-    """Prepares `folder`; returns True when it continues an earlier run of the same config.
+def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, Any], overwrite: bool) -> bool:
+    """Prepares `folder` (writable, before any model work); returns True when it continues an earlier
+    run of the same config on the same inputs.
 
     Raises:
-        DetoxeditError: the folder holds another run (naming the differing keys) or foreign files.
+        DetoxeditError: the folder cannot be written, holds another run (naming the differing keys
+            or the changed items), or holds foreign files.
     """
+    check_writable_folder(folder)
     config_path = folder / "config.json"
     if overwrite:
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
-    elif config_path.is_file():
-        old = json.loads(config_path.read_text(encoding="utf-8"))
-        differing = config_differences(old, resolved)
-        if differing:
-            details = "; ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in differing[:6])
-            raise DetoxeditError(f"{folder} holds a run with a different config ({details}); "
-                                 "use a new --out folder, or --overwrite to discard that run")
-        return True
-    elif folder.exists() and any(folder.iterdir()):
-        raise DetoxeditError(f"{folder} is not empty and holds no config.json; use a new --out folder or --overwrite")
-    return False
+        shutil.rmtree(folder / PENDING, ignore_errors=True)
+        return False
+    if not config_path.is_file():
+        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
+            raise DetoxeditError(f"{folder} is not empty and holds no config.json; use a new --out folder or --overwrite")
+        return False
+    old = _read_run_json(config_path)
+    old_inputs = _read_run_json(folder / INPUTS_FILE) if (folder / INPUTS_FILE).is_file() else None
+    differing = config_differences(old, resolved, by_content=old_inputs is not None)
+    if differing:
+        details = "; ".join(f"{k}: {old.get(k)!r} -> {resolved.get(k)!r}" for k in differing[:6])
+        raise DetoxeditError(f"{folder} holds a run with a different config ({details}); "
+                             "use a new --out folder, or --overwrite to discard that run")
+    changes = input_changes(old_inputs, inputs) if old_inputs is not None else []
+    if changes:
+        raise DetoxeditError(f"{folder} holds a run of other inputs: " + "; ".join(changes) + ". Its results would "
+                             "be stale: use a new --out folder, or --overwrite to discard that run")
+    if old_inputs is None:
+        logger.warning("%s was written before runs recorded their inputs' contents; resuming on the same paths", folder)
+    return True
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DetoxeditError(f"{path} is unreadable ({err}); use a new --out folder, or --overwrite to discard "
+                             "that run") from err
 
 
 def resolved_config(cfg: RunConfig) -> dict[str, Any]:
@@ -142,9 +172,20 @@ class Runner:
         rates = self.judge_error_rates()
         metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed, rates)
         metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge,
+                    "model_edits": edits_summary(self.cfg.model), "truncated_inputs": self._truncation(items),
                     **correction_note(self.cfg.judge, rates)}
-        (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(self.folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        shutil.rmtree(self.folder / PENDING, ignore_errors=True)
         return metrics
+
+    def _truncation(self, items: list[SafeEditItem]) -> dict[str, int]:
+        """How many distinct SafeEdit inputs were cut to max_input_tokens (logged once at the end of a run)."""
+        counts = self.generator.count_truncated([text for item in items for text in item.inputs().values()])
+        if counts["count"]:
+            logger.warning("%d of %d distinct inputs were longer than max_input_tokens=%d and kept their last %d "
+                           "tokens (longest %d); recorded in metrics.json as truncated_inputs", counts["count"],
+                           counts["of"], counts["max_input_tokens"], counts["max_input_tokens"], counts["longest"])
+        return counts
 
     def judge_error_rates(self) -> JudgeErrorRates | None:
         """The judge's error rates: from --judge-errors, else the ones the judge ships (at its own threshold)."""
@@ -233,10 +274,20 @@ class Runner:
                 bar.update(len(batch))
 
     def _edit_for(self, item: SafeEditItem) -> Edit:
-        """The edit `item` is evaluated with: its own (per-item scope) or the run's fitted one (global scope)."""
+        """The edit `item` is evaluated with: the run's fitted one (global scope), or its own (per-item
+        scope), kept in pending/ until the item's records are written, so a kill does not lose it."""
         if self.method.scope == GLOBAL:
             return self._fitted()
-        return self.method.execute(self.model, self.tokenizer, item)
+        pending = self._pending_path(item)
+        if pending.is_file():
+            return _load_edit(pending)
+        edit = self.method.execute(self.model, self.tokenizer, item)
+        _save_edit(edit, pending)
+        return edit
+
+    def _pending_path(self, item: SafeEditItem) -> Path:
+        """pending/<digest>.pt: item ids are the user's text, so they are never used as file names."""
+        return self.folder / PENDING / f"{hashlib.sha256(str(item.id).encode()).hexdigest()[:20]}.pt"
 
     def _fitted(self) -> Edit:
         """A global method's edit: fitted once per run and kept in the folder (a resumed run reloads it)."""
@@ -334,6 +385,7 @@ class Runner:
             "relative_change": edit.relative_change(self.model), "time_s": timing, "batch_size": batch_size,
             "system_prompt": edit.system_prompt, "user_suffix": edit.user_suffix, "info": edit.info,
         }])
+        self._pending_path(item).unlink(missing_ok=True)
 
     # -- general ability
 
@@ -371,14 +423,21 @@ class Runner:
 
 
 def _save_edit(edit: Edit, path: Path) -> None:
-    """What generation needs of an edit (deltas, prompt-side changes), kept in the run folder."""
+    """An edit as generation and the item record need it (deltas, prompt-side changes, layer, losses,
+    info as JSON), written atomically; loaded with `weights_only=True`, so no pickled code is run."""
+    import io
+
+    buffer = io.BytesIO()
     torch.save({"deltas": edit.deltas, "system_prompt": edit.system_prompt, "user_suffix": edit.user_suffix,
-                "layer": edit.layer}, path)
+                "layer": edit.layer, "losses": [float(x) for x in edit.losses],
+                "info": json.dumps(edit.info, default=jsonable)}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_edit(path: Path) -> Edit:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    return Edit(saved["deltas"], layer=saved.get("layer"), system_prompt=saved.get("system_prompt"),
+    return Edit(saved["deltas"], layer=saved.get("layer"), losses=list(saved.get("losses", [])),
+                info=json.loads(saved.get("info") or "{}"), system_prompt=saved.get("system_prompt"),
                 user_suffix=saved.get("user_suffix"))
 
 
@@ -415,7 +474,12 @@ def run_protocol(
     method: EditMethod | None = None,
     report: bool = True,
 ) -> RunResult:
-    """Runs (or resumes) `cfg` into `folder`; model, judge and method are built from cfg unless given."""
+    """Runs (or resumes) `cfg` into `folder`; model, judge and method are built from cfg unless given.
+
+    Everything a user can get wrong (method, settings, data, judge, output folder) is checked before
+    the model loads, and config.json is written only once the run can start, so a failed start
+    leaves nothing that blocks the corrected command.
+    """
     from detoxedit.judges.base import load_judge
 
     folder = Path(folder)
@@ -424,13 +488,15 @@ def run_protocol(
     train_items = load_safeedit(cfg.train) if cfg.train else []
     if cfg.judge_errors:
         JudgeErrorRates.read(cfg.judge_errors)  # a bad file fails now, not after the replies are generated
+    judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold)
     resolved = resolved_config(cfg)
-    resumed = check_run_folder(folder, resolved, overwrite)
+    inputs = run_inputs(cfg, items, train_items)
+    resumed = check_run_folder(folder, resolved, inputs, overwrite)
     if model is None:
         from detoxedit.models import load_model
 
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold)
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+    atomic_write_text(folder / INPUTS_FILE, json.dumps(inputs, indent=1, sort_keys=True) + "\n")
     write_resolved_config(resolved, folder)
     logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items), cfg.method)
     metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items)

@@ -24,7 +24,7 @@ def layer_histogram(items: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("items")
     ax.set_title("Toxic layer located per item")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -48,7 +48,7 @@ def distance_profile(items: list[dict[str, Any]], path: Path) -> bool:
     ax.set_ylabel("distance (safe vs unsafe)")
     ax.set_title(f"Per-layer distance profile (mean ± std over {len(profiles)} items)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -61,3 +61,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """PNG bytes rendered in memory, then written atomically (a killed report leaves no half image)."""
+    import io
+
+    from detoxedit.files import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -30,8 +30,21 @@ _ABORTS = tuple({click.exceptions.Abort, typer.Abort})
 _USAGE_ERRORS = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
 
 
+def _print_version(value: bool) -> None:
+    """Eager --version: prints and exits before any command or logging setup runs."""
+    if value:
+        from detoxedit import __version__
+
+        typer.echo(f"detoxedit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print detoxedit's version and exit."),
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",

@@ -45,6 +45,7 @@ def build(
                                   "says); default: the built-in review when every source is the built-in one."),
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Build a SafeEdit-format benchmark: questions x templates, the model's own unsafe replies, splits by question.
 
@@ -53,6 +54,7 @@ def build(
     """
     from detoxedit.data import build as pipeline
     from detoxedit.data import builtin
+    from detoxedit.files import check_writable_folder
     from detoxedit.judges import load_judge
     from detoxedit.models import load_model
 
@@ -64,7 +66,8 @@ def build(
     review_file = reviewed or (builtin.REVIEWED if builtin_sources else None)
     not_unsafe = pipeline.load_reviewed(review_file) if review_file else {}
     safety_judge = load_judge(judge)
-    lm, tokenizer = load_model(model, dtype=dtype, device=device)
+    check_writable_folder(Path(out).parent, what="the folder of --out")
+    lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     result = pipeline.build_benchmark(sources, lm, tokenizer, safety_judge, config, not_unsafe=not_unsafe)
     paths = pipeline.write_splits(result, out)
     _print_build_summary(result, paths)

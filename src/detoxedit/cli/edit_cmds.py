@@ -41,7 +41,8 @@ def find_item(path: Path, item_id: str) -> Any:
 @app.command()
 def edit(
     item: str = typer.Option(..., "--item", "-i", help="The SafeEdit item to edit on: FILE:ID."),
-    save: Path = typer.Option(..., "--save", help="Folder for the detoxified model and its delta."),
+    save: Path = typer.Option(..., "--save", help="Folder for the detoxified model and its delta (new or empty)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the whole content of a non-empty --save folder."),
     method: str = typer.Option("dinm", "--method", help="Per-item edit method (e.g. dinm, ft-l)."),
     preset: str = opt.PRESET,
     set_: list[str] = opt.SET_VALUES,
@@ -51,9 +52,11 @@ def edit(
     trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Edit a model on one SafeEdit item and save it as a standard checkpoint plus a small delta."""
+    from detoxedit.evaluation.inputs import file_digest
     from detoxedit.methods import PER_ITEM, METHODS
     from detoxedit.models import load_model
-    from detoxedit.persist import save_edited_model
+    from detoxedit.persist import check_save_folder, save_edited_model
+    from detoxedit.provenance import base_identity, edit_entry, new_record
     from detoxedit.settings import resolve_settings
 
     path, item_id = parse_item_ref(item)
@@ -63,12 +66,16 @@ def edit(
     if editor.scope != PER_ITEM:
         raise DetoxeditError(f"--method {settings.method} is fitted on a training set, not edited from one item; "
                              "use `detoxedit run --method ... --train FILE`")
+    check_save_folder(save, overwrite)
     lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     editor.prepare(lm, tokenizer)
     result = editor.execute(lm, tokenizer, target)
-    meta = {"base_model": model, "dtype": dtype, "item_file": str(path), "item_id": target.id, "method": settings.method,
+    base = base_identity(model)
+    meta = {"base_model": model, "base_model_sha256": base.get("sha256"), "dtype": dtype, "item_file": str(path),
+            "item_file_sha256": file_digest(str(path)), "item_id": target.id, "method": settings.method,
             "preset": settings.preset, "method_config": settings.method_config, "info": result.info}
-    save_edited_model(lm, tokenizer, result, save, meta)
+    record = new_record(model, edit_entry(result.deltas, meta | {"layer": result.layer}, made_by="edit"))
+    save_edited_model(lm, tokenizer, result, save, meta, record)
     _show_edit(result, lm, save)
 
 
@@ -89,20 +96,31 @@ def _show_edit(result: Any, model: Any, folder: Path) -> None:
 @app.command("apply-delta")
 def apply_delta(
     delta: Path = typer.Option(..., "--delta", help="A delta folder (from `edit --save`) or its delta.safetensors."),
-    save: Path = typer.Option(..., "--save", help="Folder for the model with the delta applied."),
+    save: Path = typer.Option(..., "--save", help="Folder for the model with the delta applied (new or empty)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the whole content of a non-empty --save folder."),
+    force: bool = typer.Option(False, "--force", help="Apply even if the model already has this delta or the delta "
+                               "was made on another base model."),
     model: str = opt.MODEL,
     dtype: str = opt.DTYPE,
     trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
-    """Apply a saved delta to a base model and save the result as a standard checkpoint."""
+    """Apply a saved delta to a base model and save the result as a standard checkpoint with its provenance."""
     from detoxedit.models import load_model
-    from detoxedit.persist import apply_delta_file, save_model
+    from detoxedit.persist import apply_deltas, check_deltas, check_save_folder, delta_conflicts, load_delta, save_applied_model
+    from detoxedit.provenance import edit_entry, new_record
 
+    deltas, meta = load_delta(delta)
+    problems = delta_conflicts(deltas, meta, model)
+    if problems and not force:
+        raise DetoxeditError("; ".join(problems) + ". Add --force to apply it anyway")
+    for problem in problems:
+        logger.warning("--force: %s", problem)
+    check_save_folder(save, overwrite)
     lm, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    meta = apply_delta_file(lm, delta)
-    if meta.get("base_model") not in (None, model):
-        logger.warning("the delta was made on base model %r, applied here to %r", meta["base_model"], model)
-    save_model(lm, tokenizer, save)
+    check_deltas(lm, deltas, source=str(delta))
+    apply_deltas(lm, deltas)
+    record = new_record(model, edit_entry(deltas, meta, made_by="apply-delta"))
+    save_applied_model(lm, tokenizer, save, record)
     console.print(f"applied {delta} (item {meta.get('item_id', '?')}, layer {meta.get('layer', '?')}) -> {save}")
 
 

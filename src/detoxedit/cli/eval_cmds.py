@@ -16,6 +16,7 @@ from rich.console import Console
 from detoxedit.cli import app
 from detoxedit.cli import options as opt
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -55,9 +56,9 @@ def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
-    from detoxedit.report import corrected_table, table1
+    from detoxedit.report import baseline_name, corrected_table, table1
 
-    names = {"vanilla": "Vanilla", "edited": str(metrics.get("method", "edited")).upper()}
+    names = {"vanilla": baseline_name(metrics), "edited": str(metrics.get("method", "edited")).upper()}
     rows = [(names[name], data["metrics"]) for name, data in metrics.get("variants", {}).items()]
     console.print(table1(rows, with_ci=False), markup=False, highlight=False, soft_wrap=True)
     console.print(corrected_table(rows, metrics), markup=False, highlight=False, soft_wrap=True)
@@ -89,6 +90,7 @@ def evaluate(
     token_budget: int = opt.TOKEN_BUDGET,
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
     overwrite: bool = opt.OVERWRITE,
     no_report: bool = opt.NO_REPORT,
 ) -> None:
@@ -99,6 +101,7 @@ def evaluate(
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -134,6 +137,7 @@ def run_method(
     token_budget: int = opt.TOKEN_BUDGET,
     dtype: str = opt.DTYPE,
     device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
     overwrite: bool = opt.OVERWRITE,
     no_report: bool = opt.NO_REPORT,
 ) -> None:
@@ -147,6 +151,7 @@ def run_method(
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -164,6 +169,5 @@ def report(
         return
     if out.is_dir():
         raise DetoxeditError(f"--out {out} is a folder; give a file name such as {out / 'report.md'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    atomic_write_text(out, text)
     console.print(f"wrote {out}", highlight=False)

@@ -30,12 +30,13 @@ DATA_ROOT = typer.Option(None, "--data-root", help="Folder holding your copies o
 
 def read_texts(path: Path) -> tuple[list[str], list[str | None]]:
     """`{"text": ..., "prompt"?: ...}` per line: the replies and their requests (None where absent)."""
+    from detoxedit.files import read_text_file
     from detoxedit.judges.training import parse_text_line
 
     if not path.is_file():
         raise DetoxeditError(f"input file not found: {path}")
     texts, prompts = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "input file").splitlines(), 1):
         if not line.strip():
             continue
         record = parse_text_line(line, path, number)

@@ -12,6 +12,7 @@ from rich.table import Table
 from detoxedit.cli import app
 from detoxedit.cli import options as opt
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import read_text_file
 
 console = Console()
 
@@ -20,7 +21,7 @@ def read_prompt_file(path: Path) -> list[str]:
     """One prompt per line (.txt), or `{"prompt": ...}` / `{"text": ...}` per line (.jsonl)."""
     if not path.is_file():
         raise DetoxeditError(f"prompt file not found: {path}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_text_file(path, "prompt file").splitlines() if line.strip()]
     if path.suffix != ".jsonl":
         return lines
     prompts = []

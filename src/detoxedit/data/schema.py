@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -261,18 +262,33 @@ def read_records(path: str | Path) -> list[RawRecord]:
     JSON object; anything else must be one JSON list.
 
     Raises:
-        DataError: file missing, empty, invalid JSON (with line and column), or not a list.
+        DataError: file missing, not UTF-8 (with the byte offset), empty, invalid JSON (with line and
+            column), or not a list.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected a JSON list or JSONL file at this path)")
-    text = path.read_text(encoding="utf-8")
+    text = read_data_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty (expected a JSON list of items or one JSON object a line)")
     records = _parse_jsonl(text, path) if _is_jsonl(text, path) else _parse_json_list(text, path)
     if not records:
         raise DataError(f"{path}: contains no items")
     return records
+
+
+def read_data_text(path: str | Path) -> str:
+    """A data file's UTF-8 text; a non-UTF-8 byte is a `DataError` naming the file, offset and line.
+
+    A `DataError` rather than `read_text_file`'s plain `DetoxeditError`, because callers (e.g.
+    `detoxedit build`) catch bad data as a ValueError.
+    """
+    try:
+        return read_text_file(path, "data file")
+    except DataError:
+        raise
+    except DetoxeditError as err:
+        raise DataError(str(err)) from err
 
 
 def _is_jsonl(text: str, path: Path) -> bool:
@@ -331,16 +347,25 @@ def build_items(
 
 
 def find_duplicate_ids(records: Sequence[RawRecord]) -> list[str]:
-    """Describe each id that occurs more than once, with the items that share it."""
-    seen: dict[tuple[type, Any], list[int]] = {}
+    """Describe each id that occurs more than once, with the items that share it.
+
+    Ids are compared as text (`str(id)`), because results and resumed runs key items by that text:
+    `0` and `"0"` would be one item there, so a file holding both is refused like a plain duplicate.
+    """
+    seen: dict[str, list[RawRecord]] = {}
     for r in records:
-        if isinstance(r.obj, Mapping) and isinstance(r.obj.get("id"), (int, str)):
-            seen.setdefault((type(r.obj["id"]), r.obj["id"]), []).append(r.index)
-    return [
-        f"duplicate id {value!r} at items " + ", ".join(f"#{i}" for i in indices)
-        for (_, value), indices in seen.items()
-        if len(indices) > 1
-    ]
+        if isinstance(r.obj, Mapping) and isinstance(r.obj.get("id"), (int, str)) and not isinstance(r.obj["id"], bool):
+            seen.setdefault(str(r.obj["id"]), []).append(r)
+    return [_describe_duplicate(shared) for shared in seen.values() if len(shared) > 1]
+
+
+def _describe_duplicate(shared: Sequence[RawRecord]) -> str:
+    ids = [r.obj["id"] for r in shared]
+    if len({(type(i), i) for i in ids}) == 1:
+        return f"duplicate id {ids[0]!r} at items " + ", ".join(f"#{r.index}" for r in shared)
+    listed = ", ".join(f"{r.obj['id']!r} (item #{r.index})" for r in shared)
+    return (f"duplicate id {str(ids[0])!r} as text: ids {listed} differ only in type, but results key items "
+            "by their id as text; give each item a distinct id")
 
 
 def _problem_message(source: str, n_bad: int, lines: list[str], duplicates: list[str]) -> str:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from detoxedit.data.schema import DataError
+from detoxedit.data.schema import DataError, read_data_text
 
 FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL = "1_full_compliance", "2_full_refusal", "3_partial_refusal"
 REFUSAL_LABELS: tuple[str, ...] = (FULL_COMPLIANCE, FULL_REFUSAL, PARTIAL_REFUSAL)
@@ -69,15 +70,15 @@ def split_of(prompt: str) -> str:
 
 
 def _rows(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The CSV's rows; the text is decoded first (`read_data_text`), so a non-UTF-8 byte names its offset."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"XSTest file not found: {path}")
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: not an XSTest file, columns {missing} are missing (has {reader.fieldnames})")
-        return list(reader)
+    reader = csv.DictReader(io.StringIO(read_data_text(path), newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path}: not an XSTest file, columns {missing} are missing (has {reader.fieldnames})")
+    return list(reader)
 
 
 def load_xstest_prompts(path: str | Path) -> list[XSTestPrompt]:

@@ -1,8 +1,10 @@
 """`RunConfig`: everything that decides what an evaluation run computes, validated up front.
 
 The resolved config is written as `config.json` in the run folder. Resuming compares it with the
-new command's config: keys that change results must match; keys that only change speed
-(`PERFORMANCE_KEYS`) may differ, so a run can be continued with a different batch size.
+new command's config: keys that change results must match; keys that only change speed or how the
+model is allowed to load (`PERFORMANCE_KEYS`) may differ, so a run can be continued with a different
+batch size. Input files (`PATH_KEYS`) are compared by content, through the folder's inputs.json
+(`evaluation/inputs.py`), not by path: a copy of the same file elsewhere is the same input.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from detoxedit.config import check, option
 from detoxedit.models.chat import CHAT_MODES
 
 PERFORMANCE_KEYS: frozenset[str] = frozenset(
-    {"items_per_batch", "batched_edits", "token_budget", "max_batch_size", "judge_batch_size", "progress", "version"}
+    {"items_per_batch", "batched_edits", "token_budget", "max_batch_size", "judge_batch_size", "progress", "version",
+     "trust_remote_code"}
 )
-"""Keys that change how fast a run goes, not what it computes (ignored when resuming)."""
+"""Keys that change how fast a run goes (or whether a model may load at all), not what it computes."""
+PATH_KEYS: frozenset[str] = frozenset({"data", "train", "triviaqa", "xsum", "judge_errors"})
+"""Keys that name input files: compared by their contents (inputs.json), not by path, when resuming."""
 
 
 @dataclass
@@ -27,6 +32,7 @@ class RunConfig:
     model: str = option("default", "'default', a hub id, a local directory or a .gguf file.")
     dtype: str = option("float32", "Weights dtype: float32, bfloat16 or float16.")
     device: str = option("cpu", "Torch device, e.g. cpu or cuda:0.")
+    trust_remote_code: bool = option(False, "Allow the model's own Python code to run (off: such models are refused).")
     limit: int | None = option(None, "Evaluate a seeded random sample of this many items (file order kept).")
     seed: int = option(0, "Seed of the item sample, the general-ability samples and any sampling.")
     categories: list[str] = option([], "Keep only these unsafety categories (case-insensitive).")
@@ -81,7 +87,11 @@ class RunConfig:
             check(bool(self.triviaqa and self.xsum), "general ability needs both --triviaqa FILE and --xsum FILE")
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Result-affecting keys whose values differ between two resolved configs (sorted)."""
-    keys = (set(old) | set(new)) - PERFORMANCE_KEYS
+def config_differences(old: dict[str, Any], new: dict[str, Any], by_content: bool = True) -> list[str]:
+    """Result-affecting keys whose values differ between two resolved configs (sorted).
+
+    `by_content`: leave out the input paths (`PATH_KEYS`), whose contents are compared elsewhere;
+    False for a folder written before inputs.json existed, where the paths are all there is.
+    """
+    keys = (set(old) | set(new)) - PERFORMANCE_KEYS - (PATH_KEYS if by_content else frozenset())
     return sorted(k for k in keys if old.get(k) != new.get(k))

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from detoxedit.files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,12 +61,7 @@ class JsonlLog:
 
     def rewrite(self, records: Iterable[dict[str, Any]]) -> None:
         """Replaces the file atomically (used on resume to drop torn lines and orphan records)."""
-        staging = self.path.with_name(self.path.name + ".tmp")
-        with staging.open("w", encoding="utf-8") as handle:
-            handle.write("".join(_line(r) for r in records))
-            handle.flush()
-            os.fsync(handle.fileno())
-        staging.replace(self.path)
+        atomic_write_text(self.path, "".join(_line(r) for r in records))
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Appends all records in one write, then flush + fsync, so they land together or not at all."""
@@ -80,10 +77,10 @@ class JsonlLog:
 
 
 def _line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n"
+    return json.dumps(record, ensure_ascii=False, default=jsonable) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Tensors and numpy scalars in `Edit.info` become plain numbers or lists."""
     if hasattr(value, "tolist"):
         return value.tolist()

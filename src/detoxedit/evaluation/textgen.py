@@ -28,6 +28,7 @@ from detoxedit.models.generation import (
     generate_ids,
     stop_token_ids,
     truncate_left,
+    warn_truncated,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class TextGenerator:
     batching: Batching = field(default_factory=Batching)
     char_slice: bool = False
     progress: bool = True
+    truncated: dict[str, int] = field(default_factory=dict)
+    """Prompts this generator cut to `max_input_tokens` -> their full token count (warned about once)."""
 
     def __call__(
         self,
@@ -75,7 +78,9 @@ class TextGenerator:
     ) -> list[str]:
         """One reply per message, in input order; `system_prompts` overrides the system prompt per row."""
         formats = [self._format(system_prompts[i] if system_prompts else None) for i in range(len(prompts))]
-        encoded = [truncate_left(fmt.encode(p), self.max_input_tokens) for fmt, p in zip(formats, prompts)]
+        encoded = [fmt.encode(p) for fmt, p in zip(formats, prompts)]
+        self._note_truncated(prompts, encoded)
+        encoded = [truncate_left(ids, self.max_input_tokens) for ids in encoded]
         new_ids = generate_ids(
             self.model, self.tokenizer, encoded, max_new_tokens,
             sampling=self.sampling, batching=self.batching, row_context=row_context,
@@ -85,6 +90,22 @@ class TextGenerator:
             return [char_sliced_reply(self.tokenizer, f.render(p), e, n) for f, p, e, n in zip(formats, prompts, encoded, new_ids)]
         stops = stop_token_ids(self.model, self.tokenizer)
         return [fmt.cut_reply(decode_reply(self.tokenizer, ids, stops)) for fmt, ids in zip(formats, new_ids)]
+
+    def _note_truncated(self, prompts: Sequence[str], encoded: Sequence[list[int]]) -> None:
+        """Remembers the prompts that will be cut; warns the first time only (a run's total is in its metrics)."""
+        limit = self.max_input_tokens
+        long = {p: len(ids) for p, ids in zip(prompts, encoded) if limit is not None and len(ids) > limit}
+        if long and not self.truncated:
+            warn_truncated(list(long.values()), limit, len(prompts))
+        self.truncated |= long
+
+    def count_truncated(self, prompts: Sequence[str]) -> dict[str, int]:
+        """How many of `prompts` (in this generator's format) exceed `max_input_tokens`, and the longest."""
+        fmt = self._format(None)
+        lengths = [len(fmt.encode(p)) for p in dict.fromkeys(prompts)]
+        limit = self.max_input_tokens
+        over = [n for n in lengths if limit is not None and n > limit]
+        return {"count": len(over), "of": len(lengths), "max_input_tokens": limit, "longest": max(over, default=0)}
 
     def _format(self, system_prompt: str | None) -> ChatFormat:
         return ChatFormat(self.tokenizer, self.chat_format, system_prompt or self.system_prompt)

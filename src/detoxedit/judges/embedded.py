@@ -20,6 +20,7 @@ until the first `score` call.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from detoxedit.errors import ModelLoadError
+from detoxedit.files import atomic_write_bytes, atomic_write_text
 from detoxedit.judges.base import JUDGES, Judge
 from detoxedit.judges.features import (  # noqa: F401  (re-exported: the judge's feature blocks)
     ENCODER_NAME,
@@ -91,10 +93,12 @@ class Head:
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {f"w{i}": w.astype(np.float32) for i, w in enumerate(self.weights)}
         arrays.update({f"b{i}": b.astype(np.float32) for i, b in enumerate(self.biases)})
-        np.savez(folder / HEAD_WEIGHTS, **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(folder / HEAD_WEIGHTS, buffer.getvalue())
         meta = {**self.meta, "features": list(self.features), "threshold": self.threshold,
                 "layers": [list(w.shape) for w in self.weights]}
-        (folder / HEAD_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write_text(folder / HEAD_META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> Head:

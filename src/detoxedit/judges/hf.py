@@ -40,6 +40,12 @@ class HFJudge(Judge):
         self._model = None
         self._tokenizer = None
 
+    def load(self) -> HFJudge:
+        """Loads the classifier now, so a bad path fails before any model work (`load_judge` calls it)."""
+        if self._model is None:
+            self._load()
+        return self
+
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -80,4 +86,4 @@ class HFJudge(Judge):
 def _make_hf(argument: str | None = None) -> Judge:
     if not argument:
         raise ModelLoadError("the hf judge needs a classifier: hf:<local dir or hub id>, e.g. hf:path/to/SafeEdit-Safety-Classifier")
-    return HFJudge(argument)
+    return HFJudge(argument).load()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import read_text_file
 
 MIN_COPY_CHARS = 40  # shorter shared passages stay as text: a phrase, not a copy of the data
 COPY_FIELDS = ("prompt", "safe", "unsafe")
@@ -128,9 +129,9 @@ def _load(path: str) -> Any:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))["prompts"]
+        return yaml.safe_load(read_text_file(path, "prompts file"))["prompts"]
     if Path(path).name.startswith("triviaqa"):
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_text_file(path, "TriviaQA file"))
     return {str(item.id): item for item in load_safeedit(path)}
 
 
@@ -155,7 +156,7 @@ def load_labelled_replies(path: str | Path, data_root: str | Path | None = None)
         raise DetoxeditError(f"labels file not found: {path}")
     root = DataRoot(data_root)
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "labels file").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import read_text_file
 from detoxedit.judges.base import EMPTY_SCORE, is_empty
 from detoxedit.judges.embedded import Head
 from detoxedit.judges.features import ENCODER_NAME, FeatureExtractor, check_feature_names, reads_request
@@ -67,12 +68,13 @@ def examples_from_labels(path: str | Path, data_root: str | Path | None = None) 
     path = Path(path)
     if not path.is_file():
         raise DetoxeditError(f"labels file not found: {path}")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = read_text_file(path, "labels file")
+    lines = [line for line in text.splitlines() if line.strip()]
     if lines and _starts_reference_format(lines[0], is_reference_format):
         return [Example(r.text, r.label, r.group, r.source, hand_labelled=True, prompt=r.prompt)
                 for r in load_labelled_replies(path, data_root)]
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         record = _parse_label_line(line, path, number)

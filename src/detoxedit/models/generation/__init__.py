@@ -76,6 +76,20 @@ def truncate_left(ids: list[int], max_tokens: int | None) -> list[int]:
     return ids[-max_tokens:]
 
 
+def truncate_all(encoded: Sequence[list[int]], max_tokens: int | None) -> tuple[list[list[int]], list[int]]:
+    """`truncate_left` on every prompt; also returns the original lengths of the prompts it cut."""
+    cut = [len(ids) for ids in encoded if max_tokens is not None and len(ids) > max_tokens]
+    return [truncate_left(ids, max_tokens) for ids in encoded], cut
+
+
+def warn_truncated(lengths: Sequence[int], max_tokens: int | None, total: int) -> None:
+    """One warning for the prompts `truncate_all` cut: a silent cut changes what the model answers."""
+    if lengths:
+        logger.warning("%d of %d prompts are longer than max_input_tokens=%s and keep only their last %s tokens "
+                       "(longest: %d tokens); raise --max-input-tokens to keep them whole",
+                       len(lengths), total, max_tokens, max_tokens, max(lengths))
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -100,7 +114,8 @@ def generate(
         engine: see `generate_ids`.
     """
     fmt = chat if isinstance(chat, ChatFormat) else ChatFormat(tokenizer, chat, system_prompt)
-    encoded = [truncate_left(fmt.encode(p), max_input_tokens) for p in prompts]
+    encoded, cut = truncate_all([fmt.encode(p) for p in prompts], max_input_tokens)
+    warn_truncated(cut, max_input_tokens, len(prompts))
     token_lists = generate_ids(
         model, tokenizer, encoded, max_new_tokens,
         sampling=sampling, batching=batching, progress=progress, row_context=row_context,
