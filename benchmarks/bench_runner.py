@@ -320,21 +320,43 @@ def generation_table(max_new_tokens: int, rows: list[dict[str, Any]]):
     return table
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+GEN_VARIANTS = ("hf", "simple", "fast", "fast-noshare", "fast-bf16")
+LONG_TOKENS = 128  # comparisons above this many new tokens use --items-long items
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (0 skips what it counts)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=5, help="items per run at max_new_tokens <= 128")
-    parser.add_argument("--items-long", type=int, default=1,
-                        help="items per run above 128 new tokens (way (a) at 600 tokens takes minutes per item)")
-    parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[128, 600])
+    parser.add_argument("--items", type=count, default=5,
+                        help=f"items per comparison at max_new_tokens <= {LONG_TOKENS}; 0 skips those comparisons")
+    parser.add_argument("--items-long", type=count, default=1,
+                        help=f"items per comparison above {LONG_TOKENS} new tokens (way (a) at 600 tokens takes "
+                             "minutes per item); 0 skips those comparisons")
+    parser.add_argument("--max-new-tokens", type=positive, nargs="+", default=[128, 600])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="SafeEdit dev file (read, never copied)")
     parser.add_argument("--judge", default="embedded")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--token-budget", type=int, default=None,
+    parser.add_argument("--threads", type=positive, default=2)
+    parser.add_argument("--token-budget", type=positive, default=None,
                         help="the runner's generation token budget (default: RunConfig's)")
-    parser.add_argument("--memory-items", type=int, default=20, help="items of the detoxedit memory run; 0 skips it")
+    parser.add_argument("--memory-items", type=count, default=20, help="items of the detoxedit memory run; 0 skips it")
     parser.add_argument("--generation", action="store_true", help="also time generation alone (HF vs engines)")
-    parser.add_argument("--gen-rows", type=int, default=32)
-    parser.add_argument("--gen-variants", nargs="+", default=["hf", "simple", "fast"],
+    parser.add_argument("--gen-rows", type=positive, default=32)
+    parser.add_argument("--gen-variants", nargs="+", default=["hf", "simple", "fast"], choices=GEN_VARIANTS,
                         help="hf | simple | fast | fast-noshare (no shared prompt prefixes) | "
                              "fast-bf16 (an experiment: the fast engine on a bfloat16 copy)")
     parser.add_argument("--skip-protocol", action="store_true", help="only the generation and memory checks")
@@ -342,7 +364,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-items", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, all checked before any work: a bad one found after a finished comparison wastes minutes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.worker:  # the parent checked what it hands its children
+        check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exits with a usage error (code 2) unless there is work to do and its data file and judge load."""
+    if not comparisons(args) and not args.generation and not args.memory_items:
+        parser.error("nothing to run: every comparison has 0 items (--items, --items-long, --skip-protocol), "
+                     "no --generation and --memory-items 0")
+    if not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file")
+    from detoxedit.data import load_safeedit
+    from detoxedit.errors import DetoxeditError
+    from detoxedit.judges.base import load_judge
+
+    try:
+        load_safeedit(args.data)
+        load_judge(args.judge)
+    except DetoxeditError as err:
+        parser.error(str(err))
+
+
+def comparisons(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(max_new_tokens, items) of each (a)-vs-(b) comparison to run; 0 items skips a comparison."""
+    if args.skip_protocol:
+        return []
+    planned = [(tokens, args.items if tokens <= LONG_TOKENS else args.items_long) for tokens in args.max_new_tokens]
+    return [(tokens, n) for tokens, n in planned if n > 0]
+
+
+def run_comparison(args, console, folder: Path, max_new_tokens: int, n: int) -> list[str]:
+    """Ways (a) and (b) on the same items; prints their table and returns the mismatches."""
+    load = os.getloadavg()[0]  # other work on the cores makes wall times longer; CPU s suffer less
+    a, b = (run_child(args, way, n, max_new_tokens, folder) for way in ("a", "b"))
+    problems = compare(a, b)
+    console.print(summary_table(max_new_tokens, a, b, problems, args.threads, load))
+    for problem in problems:
+        console.print(f"[red]MISMATCH[/red] ({max_new_tokens} tokens) {problem}")
+    return problems
+
+
+def run_generation(args, console, folder: Path, max_new_tokens: int) -> list[str]:
+    gen = run_child(args, "gen", 0, max_new_tokens, folder)
+    console.print(generation_table(max_new_tokens, gen["rows"]))
+    return []
+
+
+def run_memory(args, console, folder: Path) -> list[str]:
+    m = run_child(args, "b", args.memory_items, LONG_TOKENS, folder)
+    console.print(f"memory: detoxedit run of {args.memory_items} items at {LONG_TOKENS} new tokens: peak RSS "
+                  f"{m['peak_rss_mb']:.0f} MB ({'under' if m['peak_rss_mb'] < 3072 else 'OVER'} 3 GB); "
+                  f"{m['total_s'] / args.memory_items:.1f} s/item")
+    return []
+
+
+def phases(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """(name, function of console and folder) for each phase, in the order they run."""
+    planned = dict(comparisons(args))
+    steps = []
+    for tokens in args.max_new_tokens:
+        if args.generation:
+            steps.append((f"generation at {tokens} new tokens", lambda c, f, t=tokens: run_generation(args, c, f, t)))
+        if tokens in planned:
+            steps.append((f"comparison at {tokens} new tokens ({planned[tokens]} items)",
+                          lambda c, f, t=tokens: run_comparison(args, c, f, t, planned[t])))
+    if args.memory_items:
+        steps.append((f"memory run ({args.memory_items} items)", lambda c, f: run_memory(args, c, f)))
+    return steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,32 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rich.console import Console
 
-    console, failures = Console(width=150), []
+    console, failures, broken = Console(width=150), [], []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for max_new_tokens in args.max_new_tokens:
-            if args.generation:
-                gen = run_child(args, "gen", 0, max_new_tokens, folder)
-                console.print(generation_table(max_new_tokens, gen["rows"]))
-            if args.skip_protocol:
-                continue
-            n = args.items if max_new_tokens <= 128 else args.items_long
-            load = os.getloadavg()[0]  # other work on the cores makes wall times longer; CPU s suffer less
-            a, b = (run_child(args, way, n, max_new_tokens, folder) for way in ("a", "b"))
-            problems = compare(a, b)
-            console.print(summary_table(max_new_tokens, a, b, problems, args.threads, load))
-            for problem in problems:
-                console.print(f"[red]MISMATCH[/red] ({max_new_tokens} tokens) {problem}")
-            failures += problems
-        if args.memory_items:
-            m = run_child(args, "b", args.memory_items, 128, folder)
-            console.print(f"memory: detoxedit run of {args.memory_items} items at 128 new tokens: peak RSS "
-                          f"{m['peak_rss_mb']:.0f} MB ({'under' if m['peak_rss_mb'] < 3072 else 'OVER'} 3 GB); "
-                          f"{m['total_s'] / args.memory_items:.1f} s/item")
+        for name, step in phases(args):
+            try:
+                failures += step(console, Path(tmp))
+            except subprocess.CalledProcessError as err:  # one phase's crash must not lose the others' tables
+                console.print(f"[red]{name} failed[/red]: its child process exited with {err.returncode} (log above)")
+                broken.append(name)
+            sys.stdout.flush()  # each finished table reaches the terminal or file now
     if failures:
         console.print(f"[red]{len(failures)} mismatches between (a) and (b)[/red]")
-        return 1
-    return 0
+    if broken:
+        console.print(f"[red]{len(broken)} phase(s) failed: {'; '.join(broken)}[/red]")
+    return 1 if failures or broken else 0
 
 
 if __name__ == "__main__":

@@ -488,7 +488,7 @@ def run_protocol(
     train_items = load_safeedit(cfg.train) if cfg.train else []
     if cfg.judge_errors:
         JudgeErrorRates.read(cfg.judge_errors)  # a bad file fails now, not after the replies are generated
-    judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold)
+    judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold, cfg.trust_remote_code)
     resolved = resolved_config(cfg)
     inputs = run_inputs(cfg, items, train_items)
     resumed = check_run_folder(folder, resolved, inputs, overwrite)

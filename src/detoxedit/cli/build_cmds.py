@@ -65,7 +65,7 @@ def build(
     builtin_sources = not any((questions, templates, refusals, knowledge))
     review_file = reviewed or (builtin.REVIEWED if builtin_sources else None)
     not_unsafe = pipeline.load_reviewed(review_file) if review_file else {}
-    safety_judge = load_judge(judge)
+    safety_judge = load_judge(judge, trust_remote_code=trust_remote_code)
     check_writable_folder(Path(out).parent, what="the folder of --out")
     lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     result = pipeline.build_benchmark(sources, lm, tokenizer, safety_judge, config, not_unsafe=not_unsafe)

@@ -66,6 +66,10 @@ class Judge(ABC):
         it ships none; metrics are then corrected only when the user gives measured rates."""
         return None
 
+    def allow_remote_code(self) -> None:
+        """`--trust-remote-code`: a judge that loads a chat model may run that model's own code. A judge
+        that loads none ignores it; the `hf` judge refuses remote code whatever is asked (see judges/hf.py)."""
+
     def share_model(self, model: Any, tokenizer: Any, spec: str, dtype: str) -> bool:
         """Offers the caller's loaded model (`spec`, `dtype`, original weights whenever `score` runs).
 
@@ -80,12 +84,15 @@ JudgeFactory = Callable[..., Judge]
 JUDGES: Registry[JudgeFactory] = Registry("judge")
 
 
-def load_judge(spec: str, threshold: float | None = None) -> Judge:
-    """Builds a judge from a spec: `embedded`, `embedded:DIR`, `refusal`, `hf:PATH_OR_ID`."""
+def load_judge(spec: str, threshold: float | None = None, trust_remote_code: bool = False) -> Judge:
+    """Builds a judge from a spec: `embedded`, `embedded:DIR`, `refusal`, `hf:PATH_OR_ID`. A judge's
+    files are loaded here, so a bad spec fails before any other model work."""
     import detoxedit.judges  # noqa: F401  (registers the built-in judges)
 
     name, _, argument = spec.partition(":")
     judge = JUDGES.get(name)(argument or None)
     if threshold is not None:
         judge.threshold = threshold
+    if trust_remote_code:
+        judge.allow_remote_code()
     return judge

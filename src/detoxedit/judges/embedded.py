@@ -181,6 +181,9 @@ class EmbeddedJudge(Judge):
         self._load_heads()
         return self
 
+    def allow_remote_code(self) -> None:
+        self.extractor.chat.trust_remote_code = True
+
     def share_model(self, model: Any, tokenizer: Any, spec: str, dtype: str) -> bool:
         """Takes the caller's model when it is the one the head's chat-model features were trained on
         (same spec, float32) and no copy is loaded yet."""

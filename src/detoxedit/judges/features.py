@@ -153,6 +153,7 @@ class GeneratorEncoder:
         self.batch_size = batch_size
         self.device = device
         self._pair = model_and_tokenizer
+        self.trust_remote_code = False  # the chat model's own Python code runs only if the user allows it
 
     @property
     def loaded(self) -> bool:
@@ -165,7 +166,7 @@ class GeneratorEncoder:
             from detoxedit.models import load_model
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")  # the judge's own copy
-            self._pair = load_model(self.spec, device=device)
+            self._pair = load_model(self.spec, device=device, trust_remote_code=self.trust_remote_code)
         return self._pair
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
