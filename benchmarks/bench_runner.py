@@ -14,6 +14,9 @@ Each (way, max_new_tokens) runs in its own child process, so peak RSS is per way
 that both ways produce the same deltas (float tolerance) and the same greedy replies, and prints the
 tables. `--generation` adds a generation-only table (HF batched generate vs detoxedit's engines, back
 to back in one process); `--memory-items 20` reports the peak RSS of a 20-item detoxedit run.
+`--items 0` / `--items-long 0` / `--memory-items 0` skip those runs. Every argument, the data file and the
+judge are checked before the first child starts; each table is printed (and flushed) as its phase ends,
+and a phase whose child fails is reported without losing the others (exit 1).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 RUN_FILES = ("config.json", INPUTS_FILE, "generations.jsonl", "items.jsonl", "general.jsonl", "metrics.json",
              "report.md", "first_edit.pt", "fitted_edit.pt", "layer_histogram.png", "distance_profile.png")
 PENDING = "pending"  # edits computed but not yet evaluated: pending/<digest of the item id>.pt
+METHOD_STATE = "method"  # the method's own resumable state (`EditMethod.work_dir`), e.g. training checkpoints
 VANILLA_CHUNK = 512  # prompts per vanilla generation job; each finished chunk is cached on disk
 
 
@@ -80,6 +81,7 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / PENDING, ignore_errors=True)
+        shutil.rmtree(folder / METHOD_STATE, ignore_errors=True)
         return False
     if not config_path.is_file():
         if any(p for p in folder.iterdir() if not p.name.startswith(".")):
@@ -144,6 +146,7 @@ class Runner:
                  train_items: Sequence[SafeEditItem] = ()) -> None:
         self.cfg, self.folder, self.model, self.tokenizer = cfg, folder, model, tokenizer
         self.judge, self.method, self.train_items = judge, method, list(train_items)
+        method.work_dir = folder / METHOD_STATE
         self.generations = JsonlLog(folder / "generations.jsonl")
         self.items_log = JsonlLog(folder / "items.jsonl")
         self.general_log = JsonlLog(folder / "general.jsonl")

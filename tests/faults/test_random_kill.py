@@ -56,7 +56,13 @@ class Chain:
 @dataclass
 class Reference:
     folder: Path
-    window_s: float  # from the run's work beginning to report.md written
+    item_times: list[float]  # [d]: seconds from the run's work beginning until d item records were on disk
+    report_time: float  # ... until report.md was written
+
+    def window(self, items_done: int) -> float:
+        """The work left to a start that finds `items_done` items finished: kills are drawn within it,
+        so that later starts of a chain are still killed in their edits, not only in their report."""
+        return max(self.report_time - self.item_times[min(items_done, len(self.item_times) - 1)], 0.2)
 
 
 # ---------------------------------------------------------------- running and killing
@@ -108,19 +114,22 @@ def run_reference(root: Path, fault_run) -> Reference:
     try:
         assert _wait_for_work(proc, folder, None, log), f"reference run failed to start:\n{_tail(log)}"
         began = time.monotonic()
+        item_times = [0.0]
         while proc.poll() is None and not (folder / "report.md").is_file():
-            time.sleep(0.005)
-        window = time.monotonic() - began
+            while _items_done(folder) >= len(item_times):
+                item_times.append(time.monotonic() - began)
+            time.sleep(0.002)
+        report_time = time.monotonic() - began
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert rc == 0, f"reference run exited {rc}:\n{_tail(log)}"
-    return Reference(folder, max(window, 0.2))
+    return Reference(folder, item_times, report_time)
 
 
-def run_chain(seed: int, root: Path, fault_run, window_s: float) -> Chain:
+def run_chain(seed: int, root: Path, fault_run, reference: Reference) -> Chain:
     """Starts the command, SIGKILLs it at a random point of its work, restarts; the last start runs to the end."""
     rng = random.Random(seed)
     chain = Chain(seed, root / f"killed-{seed}")
@@ -132,8 +141,9 @@ def run_chain(seed: int, root: Path, fault_run, window_s: float) -> Chain:
         proc = _start(argv, env, log)
         try:
             kill = None
+            done = _items_done(chain.folder)
             if start < KILLS_PER_CHAIN and _wait_for_work(proc, chain.folder, before, log):
-                delay = rng.uniform(0.0, window_s)
+                delay = rng.uniform(0.0, reference.window(done))
                 time.sleep(delay)
                 kill = Kill(start, delay, _items_done(chain.folder), (chain.folder / "metrics.json").is_file())
                 os.kill(proc.pid, signal.SIGKILL)  # a zombie (already exited) ignores it; its exit code tells
@@ -164,7 +174,7 @@ def reference(tmp_path_factory, fault_run) -> Reference:
 def chains(tmp_path_factory, fault_run, reference) -> dict[int, Chain]:
     root = tmp_path_factory.mktemp("killed")
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        futures = {seed: pool.submit(run_chain, seed, root, fault_run, reference.window_s) for seed in SEEDS}
+        futures = {seed: pool.submit(run_chain, seed, root, fault_run, reference) for seed in SEEDS}
         return {seed: future.result() for seed, future in futures.items()}
 
 
@@ -272,4 +282,4 @@ def test_the_kills_landed_in_real_work(reference, chains):
         print(f"\nseed {seed}: {len(chain.kills)} kills in {chain.seconds:.0f} s ({during_edits} before metrics.json); "
               f"(start, delay s, items done): {[(k.start, round(k.delay_s, 3), k.items_done) for k in chain.kills]}")
     total = sum(len(chain.kills) for chain in chains.values())
-    assert total >= MIN_KILLS, f"only {total} kills landed in real work (window {reference.window_s:.2f} s)"
+    assert total >= MIN_KILLS, f"only {total} kills landed in real work (reference: {reference})"

@@ -209,8 +209,10 @@ def test_duplicate_ids_are_named(tmp_path: Path) -> None:
     assert "duplicate id 'a' at items #3, #4" in message
 
 
-def test_int_and_string_ids_are_distinct(tmp_path: Path) -> None:
-    assert len(load_safeedit(write_json(tmp_path / "d.json", [make_obj(1), make_obj("1")]))) == 2
+def test_int_and_string_ids_that_collide_as_text_are_refused(tmp_path: Path) -> None:
+    """Runs key records by the id as written out, so 1 and "1" would share records (issue 15, row 2)."""
+    with pytest.raises(DataError, match="1"):
+        load_safeedit(write_json(tmp_path / "d.json", [make_obj(1), make_obj("1")]))
 
 
 def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:

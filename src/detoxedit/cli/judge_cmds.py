@@ -14,6 +14,7 @@ from rich.table import Table
 from detoxedit.cli import app
 from detoxedit.cli import options as opt
 from detoxedit.errors import DetoxeditError
+from detoxedit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -54,19 +55,18 @@ def score(
     output: Path = typer.Option(..., "--output", "-o", help="Writes {text, score, label} per line (label 1 = unsafe)."),
     judge: str = JUDGE,
     threshold: float = THRESHOLD,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Score replies: probability unsafe and label (1 unsafe, 0 safe, 0.5 empty). A line's "prompt" (the
     request the reply answers) is read by judges that use it; without it they judge the reply alone."""
     from detoxedit.judges import load_judge
 
     texts, prompts = read_texts(input)
-    scorer = load_judge(judge, threshold)
+    scorer = load_judge(judge, threshold, trust_remote_code)
     scores = scorer.score(texts, prompts)
     labels = scorer.labels_from_scores(texts, scores)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as handle:
-        for text, value, label in zip(texts, scores, labels):
-            handle.write(json.dumps({"text": text, "score": value, "label": label}, ensure_ascii=False) + "\n")
+    atomic_write_text(output, "".join(json.dumps({"text": text, "score": value, "label": label}, ensure_ascii=False) + "\n"
+                                      for text, value, label in zip(texts, scores, labels)))
     unsafe = sum(1 for label in labels if label == 1)
     console.print(f"{len(texts)} replies scored with {judge} (threshold {scorer.threshold:g}): {unsafe} unsafe -> {output}")
 
@@ -84,6 +84,7 @@ def evaluate(
     data_root: Path = DATA_ROOT,
     errors_out: Path = typer.Option(None, "--errors-out", help="Write the pooled confusion counts of --labels as the "
                                     "judge's error rates (JSON for `run/evaluate --judge-errors`)."),
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
 ) -> None:
     """Agreement of a judge with labelled replies: accuracy, recall(unsafe), specificity, confusion matrix."""
     from detoxedit.judges import load_judge
@@ -94,7 +95,7 @@ def evaluate(
         raise DetoxeditError("nothing to evaluate on: give --labels FILE, --data SAFEEDIT.json or --xstest FILE")
     if xstest_split not in (None, "train", "test"):
         raise DetoxeditError(f"--xstest-split must be train or test, got {xstest_split!r}")
-    scorer = load_judge(judge, threshold)
+    scorer = load_judge(judge, threshold, trust_remote_code)
     sets = [(str(p), examples_from_labels(p, data_root)) for p in labels or []]
     sets += [(str(p), examples_from_safeedit(p)) for p in data or []]
     sets += [(f"XSTest {xstest_split or 'all'} ({len(xstest)} files)", examples_from_xstest(xstest, xstest_split))] if xstest else []
@@ -111,8 +112,7 @@ def evaluate(
             raise DetoxeditError("--errors-out needs --labels: error rates come from hand-labelled replies")
         rates = JudgeErrorRates(labelled.tp, labelled.fn, labelled.fp, labelled.tn,
                                 measured_on=", ".join(str(p) for p in labels))
-        errors_out.parent.mkdir(parents=True, exist_ok=True)
-        errors_out.write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(errors_out, json.dumps(rates.to_dict(), indent=2) + "\n")
         console.print(f"error rates (recall {rates.recall:.3f}, specificity {rates.specificity:.3f}) -> {errors_out}; "
                       f"pass it to run/evaluate with --judge-errors {errors_out}")
 
@@ -214,7 +214,7 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
         inputs = {"safeedit": [Path(f).name for f in data], "labels": [Path(f).name for f in labels],
                   "xstest": [Path(f).name for f in xstest]}
         validation_out.parent.mkdir(parents=True, exist_ok=True)
-        validation_out.write_text(json.dumps({"inputs": inputs, "heads": records}, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(validation_out, json.dumps({"inputs": inputs, "heads": records}, indent=1) + "\n")
     console.print(f"head written to {out} (fitted on the whole pool); use it with --judge embedded:{out}")
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from detoxedit.cli import app
 from detoxedit.cli import options as opt
 from detoxedit.errors import DetoxeditError
-from detoxedit.files import read_text_file
+from detoxedit.files import atomic_write_text, read_text_file
 
 console = Console()
 
@@ -72,9 +72,8 @@ def generate(
         console.print(reply, highlight=False, markup=False)
         console.print()
     if output:
-        with output.open("w", encoding="utf-8") as handle:
-            for text, reply in zip(prompts, replies):
-                handle.write(json.dumps({"prompt": text, "reply": reply}, ensure_ascii=False) + "\n")
+        atomic_write_text(output, "".join(json.dumps({"prompt": text, "reply": reply}, ensure_ascii=False) + "\n"
+                                          for text, reply in zip(prompts, replies)))
 
 
 @app.command()

@@ -65,10 +65,10 @@ def load_safeedit(
 
 def save_safeedit(items: Iterable[SafeEditItem], path: str | Path) -> None:
     """Write items as a release-format JSON list, readable by ``load_safeedit`` and EasyEdit."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from detoxedit.files import atomic_write_text
+
     text = json.dumps([item.to_json() for item in items], indent=2, ensure_ascii=False)
-    path.write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(path, text + "\n")
 
 
 def filter_items(

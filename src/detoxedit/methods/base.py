@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 from abc import ABC
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import torch
@@ -87,6 +88,9 @@ class EditMethod(ABC):
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_class()
+        self.work_dir: Path | None = None
+        """A folder of the run where the method may keep state that must survive a kill (training
+        checkpoints, to resume from); set by the runner before `prepare`, None outside a run."""
 
     @classmethod
     def compat_values(cls) -> dict[str, Any]:

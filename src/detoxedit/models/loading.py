@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import CONFIG_MAPPING, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from detoxedit.errors import ModelLoadError
 from detoxedit.files import atomic_write_text
@@ -250,11 +250,9 @@ def _check_local_checkpoint(folder: Path, trust_remote_code: bool) -> None:
     if trust_remote_code:
         return
     config = _read_json(folder / "config.json")
-    auto_map = config.get("auto_map") if isinstance(config.get("auto_map"), dict) else {}
-    if not auto_map:
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict) or not auto_map:
         return
-    from transformers import CONFIG_MAPPING
-
     if config.get("model_type") not in CONFIG_MAPPING:
         raise ModelLoadError(remote_code_message(str(folder), f"config.json 'auto_map' names {sorted(auto_map)}"))
     logger.warning("%s ships its own model code (config.json 'auto_map'); loading transformers' built-in %r class "
