@@ -63,7 +63,7 @@ def setup(args: argparse.Namespace, n_items: int, max_new_tokens: int):
                     items_per_batch=n_items, **budget)
     model, tokenizer = load_model("default")
     method = build_method("dinm", settings.method_config)
-    return model, tokenizer, load_judge(args.judge), method, cfg, load_items(cfg)
+    return model, tokenizer, load_judge(args.judge), method, cfg, load_items(cfg)[0]
 
 
 def peak_rss_mb() -> float:

@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from detoxedit import __version__
 from detoxedit.config import config_to_dict, write_resolved_config
 from detoxedit.data import SafeEditItem, load_safeedit
+from detoxedit.data.overlap import without_overlap
+from detoxedit.data.schema import sample_in_order
 from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_bytes, atomic_write_text, check_writable_folder
 from detoxedit.evaluation.config import RunConfig, config_differences
@@ -165,7 +167,8 @@ class Runner:
 
     # -- orchestration
 
-    def run(self, items: list[SafeEditItem]) -> dict[str, Any]:
+    def run(self, items: list[SafeEditItem], notes: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every phase, then metrics.json (with `notes`, facts about how the items were chosen)."""
         self._clean_logs()
         self.vanilla(items)
         if self.method.changes_model:
@@ -176,7 +179,7 @@ class Runner:
         metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed, rates)
         metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge,
                     "model_edits": edits_summary(self.cfg.model), "truncated_inputs": self._truncation(items),
-                    **correction_note(self.cfg.judge, rates)}
+                    **(notes or {}), **correction_note(self.cfg.judge, rates)}
         atomic_write_text(self.folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         shutil.rmtree(self.folder / PENDING, ignore_errors=True)
         return metrics
@@ -457,13 +460,18 @@ def _chunks(values: list, size: int) -> Iterator[list]:
 # ---------------------------------------------------------------- entry point
 
 
-def load_items(cfg: RunConfig) -> list[SafeEditItem]:
-    items = load_safeedit(cfg.data, limit=cfg.limit, seed=cfg.seed,
-                          categories=cfg.categories or None, attack_names=cfg.attacks or None)
+def load_items(cfg: RunConfig, train_items: Sequence[SafeEditItem] = ()) -> tuple[list[SafeEditItem], int]:
+    """The test items of `cfg` (filtered, without those that occur in the training data when asked,
+    then sampled) and how many were dropped as overlapping."""
+    items = load_safeedit(cfg.data, categories=cfg.categories or None, attack_names=cfg.attacks or None)
+    dropped = 0
+    if train_items:
+        items, dropped = without_overlap(items, train_items, cfg.drop_overlap, f"--train {cfg.train}")
+    items = sample_in_order(items, cfg.limit, cfg.seed)
     if not items:
         raise DetoxeditError(f"{cfg.data}: no items left after the filters (categories={cfg.categories}, "
                              f"attacks={cfg.attacks})")
-    return items
+    return items, dropped
 
 
 def run_protocol(
@@ -487,8 +495,8 @@ def run_protocol(
 
     folder = Path(folder)
     method = method if method is not None else build_method(cfg.method, cfg.method_config)
-    items = load_items(cfg)
     train_items = load_safeedit(cfg.train) if cfg.train else []
+    items, dropped = load_items(cfg, train_items)
     if cfg.judge_errors:
         JudgeErrorRates.read(cfg.judge_errors)  # a bad file fails now, not after the replies are generated
     judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold, cfg.trust_remote_code)
@@ -502,7 +510,7 @@ def run_protocol(
     atomic_write_text(folder / INPUTS_FILE, json.dumps(inputs, indent=1, sort_keys=True) + "\n")
     write_resolved_config(resolved, folder)
     logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items), cfg.method)
-    metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items)
+    metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items, {"dropped_overlap": dropped})
     if report:
         from detoxedit.report import write_run_report
 

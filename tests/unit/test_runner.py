@@ -411,16 +411,47 @@ def test_cli_preset_gives_generation_and_method_settings(data_file, tmp_path, ti
     assert json.loads((tmp_path / "b" / "config.json").read_text())["max_new_tokens"] == 3
 
 
-def test_global_method_is_fitted_once_on_the_training_items_and_evaluates_every_item(data_file, tmp_path, model_tok):
+@pytest.fixture()
+def train_file(tmp_path):
+    """Training items whose questions differ from the test items' (ids 100..)."""
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([safeedit_item(i) for i in range(100, 100 + N_ITEMS + 1)]), encoding="utf-8")
+    return path
+
+
+def test_global_method_is_fitted_once_on_the_training_items_and_evaluates_every_item(data_file, train_file, tmp_path,
+                                                                                     model_tok):
     out = tmp_path / "run"
-    run(config(data_file, method="fitted-test", train=str(data_file)), out, model_tok)
-    assert FittedMethod.fits == [N_ITEMS]  # once per run, on the --train items
+    run(config(data_file, method="fitted-test", train=str(train_file)), out, model_tok)
+    assert FittedMethod.fits == [N_ITEMS + 1]  # once per run, on the --train items
     items = read_jsonl(out / "items.jsonl")
     assert [r["item_id"] for r in items] == list(range(N_ITEMS))
     assert len({json.dumps(r["relative_change"]) for r in items}) == 1  # one edit for every item
-    assert json.loads((out / "config.json").read_text())["train"] == str(data_file)
+    assert json.loads((out / "config.json").read_text())["train"] == str(train_file)
     edited = [r for r in read_jsonl(out / "generations.jsonl") if r["variant"] == "edited"]
     assert len(edited) == 5 * N_ITEMS
+
+
+def test_test_items_found_in_the_training_data_are_refused_or_dropped(data_file, tmp_path, model_tok):
+    mixed = tmp_path / "mixed.json"
+    train = [safeedit_item(100), safeedit_item(1), safeedit_item(2)]
+    train[2]["id"] = 200  # the same question under another id is still the same item
+    mixed.write_text(json.dumps(train), encoding="utf-8")
+    with pytest.raises(DetoxeditError, match=r"2 of 4 test items also occur in --train .*item 1: .*--drop-overlap"):
+        run(config(data_file, method="fitted-test", train=str(mixed)), tmp_path / "refused", model_tok)
+    assert not (tmp_path / "refused" / "config.json").exists()
+    out = tmp_path / "dropped"
+    metrics = run(config(data_file, method="fitted-test", train=str(mixed), drop_overlap=True), out, model_tok).metrics
+    assert metrics["dropped_overlap"] == 2 and metrics["n_items"] == 2
+    assert sorted(r["item_id"] for r in read_jsonl(out / "items.jsonl")) == [0, 3]
+
+
+def test_equal_ids_with_other_content_are_not_overlap(data_file, tmp_path, model_tok):
+    other = tmp_path / "other.json"
+    items = [safeedit_item(100 + i) | {"id": i} for i in range(N_ITEMS)]  # ids 0..3, other questions
+    other.write_text(json.dumps(items), encoding="utf-8")
+    metrics = run(config(data_file, method="fitted-test", train=str(other)), tmp_path / "run", model_tok).metrics
+    assert metrics["dropped_overlap"] == 0 and metrics["n_items"] == N_ITEMS
 
 
 def test_global_method_resumed_after_a_kill_is_not_fitted_again(data_file, tmp_path, model_tok):

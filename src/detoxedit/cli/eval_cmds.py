@@ -111,6 +111,8 @@ def run_method(
     data: str = opt.DATA,
     out: Path = opt.OUT,
     train: str = typer.Option(None, "--train", help="SafeEdit file of training items, for methods that fit on data."),
+    drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Drop the test items whose question or adversarial "
+                                      "input occurs in --train (otherwise such data is refused)."),
     model: str = opt.MODEL,
     preset: str = opt.PRESET,
     set_values: list[str] = opt.SET_VALUES,
@@ -144,7 +146,7 @@ def run_method(
     """Evaluate a method: per-item methods edit from the original model for each item (restored after),
     global methods are fitted once (on --train) and every item is evaluated on the result."""
     extra = {"items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat,
-             "train": train}
+             "train": train, "drop_overlap": drop_overlap}
     _resolve_and_execute(
         method, model, preset, set_values or [], easyedit_compat, out, overwrite, no_report, extra,
         data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,

@@ -44,6 +44,8 @@ class RunConfig:
     judge_batch_size: int = option(64, "Replies per judge call.")
     method: str = option("none", "Edit method (its registered name): none (vanilla only), dinm, ft-l, self-reminder, ...")
     train: str | None = option(None, "SafeEdit file of training items for methods that fit on data (given to `prepare`/`fit`).")
+    drop_overlap: bool = option(False, "Drop the test items whose question or adversarial input occurs in --train "
+                                       "(otherwise such data is refused).")
     method_config: dict[str, Any] = option({}, "The method's hyperparameters (preset merged with --set values).")
     preset: str | None = option(None, "The preset the method config came from (recorded for provenance).")
     max_new_tokens: int = option(128, "New tokens per reply to a SafeEdit input.")
