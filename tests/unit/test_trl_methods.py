@@ -150,9 +150,8 @@ def test_lora_deltas_are_exactly_what_peft_merges_and_the_saved_model_reloads_to
     edit = method.fit(model, tok, items())
     merged = kept.model.merge_and_unload()
     with applied(model, edit.deltas):
-        assert checksums(model) == checksums(merged)  # bit for bit
-        expected = greedy(model, tok, items()[0].adversarial_prompt)
-    assert greedy(merged, tok, items()[0].adversarial_prompt) == expected
+        assert checksums(model) == checksums(merged)  # bit for bit (its replies are not compared: TRL
+        expected = greedy(model, tok, items()[0].adversarial_prompt)  # patched the copy's forward and stop ids)
     assert expected != greedy(model, tok, items()[0].adversarial_prompt)  # the training changed this reply
     folder = save_edited_model(model, tok, edit, tmp_path / "saved", {"base_model": "tiny", "method": "sft"})
     reloaded, reloaded_tok = load_model(str(folder))
@@ -238,9 +237,13 @@ def test_a_killed_fit_resumes_from_its_checkpoint_and_gives_the_uninterrupted_de
 
 def test_a_run_fits_sft_once_and_evaluates_every_item(tmp_path, monkeypatch):
     monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "items.json"
+    data, train = tmp_path / "items.json", tmp_path / "train.json"
     data.write_text(json.dumps([tiny_item(i).to_json() for i in range(3)]), encoding="utf-8")
-    cfg = RunConfig(data=str(data), train=str(data), method="sft", method_config=FAST, judge="refusal",
+    train_items = [tiny_item(10 + i) for i in range(2)]
+    for item in train_items:  # no overlap with the test items (the runner refuses that)
+        item.question = f"How do I pick lock {item.id}?"
+    train.write_text(json.dumps([item.to_json() for item in train_items]), encoding="utf-8")
+    cfg = RunConfig(data=str(data), train=str(train), method="sft", method_config=FAST, judge="refusal",
                     max_new_tokens=4, progress=False, bootstrap=20, items_per_batch=2)
     out = tmp_path / "run"
     run_protocol(cfg, out, model=sharp_llama(), tokenizer=tiny_tokenizer())

@@ -6,6 +6,7 @@ subclasses `EditMethod` and registers itself, plus one import line here.
 
 from detoxedit.methods import none  # noqa: F401
 from detoxedit.methods import dinm, ft_l  # noqa: F401
+from detoxedit.methods import dinm_global  # noqa: F401
 from detoxedit.methods import self_reminder  # noqa: F401
 from detoxedit.methods import sft  # noqa: F401
 from detoxedit.methods import dpo  # noqa: F401

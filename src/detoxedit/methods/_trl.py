@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import random
 import resource
@@ -271,6 +272,8 @@ def _importable(name: str) -> bool:
 def training_arguments(config_cls: type, config: TrainConfig, folder: Path, resumable: bool, model: nn.Module,
                        **extra: Any) -> Any:
     """TRL's config for one fit: the model's own dtype and device, no reporting, a checkpoint per `save_steps`."""
+    names = {f.name for f in dataclasses.fields(config_cls)}  # transformers >= 5.2x renamed gradient_checkpointing
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return config_cls(
         output_dir=str(folder), learning_rate=config.lr, num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1, per_device_train_batch_size=config.batch_size,
@@ -278,7 +281,7 @@ def training_arguments(config_cls: type, config: TrainConfig, folder: Path, resu
         seed=config.seed, data_seed=config.seed, logging_steps=1, report_to="none",
         save_strategy="steps" if resumable else "no", save_steps=config.save_steps, save_total_limit=1,
         use_cpu=next(model.parameters()).device.type == "cpu", bf16=False, fp16=False,
-        gradient_checkpointing=config.gradient_checkpointing, dataloader_num_workers=0, **extra,
+        dataloader_num_workers=0, **{checkpointing: config.gradient_checkpointing}, **extra,
     )
 
 
