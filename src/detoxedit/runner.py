@@ -179,10 +179,17 @@ class Runner:
         metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed, rates)
         metrics |= {"n_items": len(items), "method": self.cfg.method, "judge": self.cfg.judge,
                     "model_edits": edits_summary(self.cfg.model), "truncated_inputs": self._truncation(items),
-                    **(notes or {}), **correction_note(self.cfg.judge, rates)}
+                    **(notes or {}), **self._fit_cost(), **correction_note(self.cfg.judge, rates)}
         atomic_write_text(self.folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         shutil.rmtree(self.folder / PENDING, ignore_errors=True)
         return metrics
+
+    def _fit_cost(self) -> dict[str, Any]:
+        """A global method's training cost (its fitted edit's scalar info: wall time, memory, parameters)."""
+        if self.method.scope != GLOBAL or not self.method.changes_model:
+            return {}
+        info = self._fitted().info
+        return {"fit": {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) or v is None}}
 
     def _truncation(self, items: list[SafeEditItem]) -> dict[str, int]:
         """How many distinct SafeEdit inputs were cut to max_input_tokens (logged once at the end of a run)."""

@@ -235,19 +235,24 @@ def test_a_killed_fit_resumes_from_its_checkpoint_and_gives_the_uninterrupted_de
 # ------------------------------------------------------------------ a whole run
 
 
-def test_a_run_fits_sft_once_and_evaluates_every_item(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, lora", [("sft", True), ("dpo", False)], ids=["sft-lora", "dpo-full"])
+def test_a_run_fits_once_and_evaluates_every_item(name, lora, tmp_path, monkeypatch):
+    """LoRA deltas are generated per row (linear weights); full fine-tuning's are applied around generation."""
     monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
     data, train = tmp_path / "items.json", tmp_path / "train.json"
     data.write_text(json.dumps([tiny_item(i).to_json() for i in range(3)]), encoding="utf-8")
-    train_items = [tiny_item(10 + i) for i in range(2)]
-    for item in train_items:  # no overlap with the test items (the runner refuses that)
-        item.question = f"How do I pick lock {item.id}?"
-    train.write_text(json.dumps([item.to_json() for item in train_items]), encoding="utf-8")
-    cfg = RunConfig(data=str(data), train=str(train), method="sft", method_config=FAST, judge="refusal",
+    train_items = [tiny_item(10 + i).to_json() for i in range(2)]
+    for record in train_items:  # no overlap with the test items (the runner refuses that)
+        record["question"] = f"How do I pick lock {record['id']}?"
+    train.write_text(json.dumps(train_items), encoding="utf-8")
+    cfg = RunConfig(data=str(data), train=str(train), method=name, method_config=FAST | {"lora": lora}, judge="refusal",
                     max_new_tokens=4, progress=False, bootstrap=20, items_per_batch=2)
     out = tmp_path / "run"
     run_protocol(cfg, out, model=sharp_llama(), tokenizer=tiny_tokenizer())
     assert [r["item_id"] for r in read_jsonl(out / "items.jsonl")] == [0, 1, 2]
     assert (out / "fitted_edit.pt").is_file() and not (out / "method" / CHECKPOINTS).exists()
     fitted = torch.load(out / "fitted_edit.pt", weights_only=True)
-    assert json.loads(fitted["info"])["steps"] == FAST["max_steps"]
+    info = json.loads(fitted["info"])
+    assert info["method"] == name and info["lora"] == lora and info["steps"] == FAST["max_steps"]
+    edited = [r for r in read_jsonl(out / "generations.jsonl") if r["variant"] == "edited"]
+    assert len(edited) == 5 * 3

@@ -50,9 +50,23 @@ def _execute(values: dict[str, Any], out: Path, overwrite: bool, report: bool) -
     from detoxedit.config import config_from_dict
     from detoxedit.runner import run_protocol
 
+    instances = values.pop("instances", None)
     cfg = config_from_dict(RunConfig, values, source="run options")
+    if instances is not None:
+        _execute_spread(cfg, out, instances, overwrite, report)
+        return
     result = run_protocol(cfg, out, overwrite=overwrite, report=report)
     _print_summary(result.metrics, out)
+
+
+def _execute_spread(cfg: Any, out: Path, instances: int, overwrite: bool, report: bool) -> None:
+    from detoxedit.evaluation.spread import run_spread
+
+    if instances < 1:
+        raise DetoxeditError(f"--instances must be at least 1, got {instances}")
+    summary = run_spread(cfg, out, instances, overwrite=overwrite, report=report)
+    console.print((out / "spread.md").read_text(encoding="utf-8"), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{len(summary['instances'])} instance runs in {out}/instance-*/; summary in {out}/spread.md", highlight=False)
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
@@ -111,6 +125,9 @@ def run_method(
     data: str = opt.DATA,
     out: Path = opt.OUT,
     train: str = typer.Option(None, "--train", help="SafeEdit file of training items, for methods that fit on data."),
+    instances: int = typer.Option(None, "--instances", help="Run the method from this many training instances, one "
+                                  "at a time, each evaluated on the whole test set (OUT/instance-K/), and report mean "
+                                  "± std, best and worst (OUT/spread.md); e.g. --method dinm-global --instances 3."),
     drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Drop the test items whose question or adversarial "
                                       "input occurs in --train (otherwise such data is refused)."),
     model: str = opt.MODEL,
@@ -146,7 +163,7 @@ def run_method(
     """Evaluate a method: per-item methods edit from the original model for each item (restored after),
     global methods are fitted once (on --train) and every item is evaluated on the result."""
     extra = {"items_per_batch": items_per_batch, "inherit_sampling": easyedit_compat, "char_slice": easyedit_compat,
-             "train": train, "drop_overlap": drop_overlap}
+             "train": train, "drop_overlap": drop_overlap, "instances": instances}
     _resolve_and_execute(
         method, model, preset, set_values or [], easyedit_compat, out, overwrite, no_report, extra,
         data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
@@ -161,11 +178,16 @@ def run_method(
 def report(
     runs: list[Path] = typer.Argument(..., help="Run folders (one: its own report; several: side by side)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write the Markdown here (default: print it)."),
+    table3: bool = typer.Option(False, "--table3", help="The general setting's layout (the paper's Table 3): every "
+                                "metric, instance spreads (folders of `run --instances`) as mean ± std, training cost."),
 ) -> None:
     """Markdown report (the paper's Table 1 layout) of one or more run folders."""
-    from detoxedit.report import compare_runs, load_run, run_report
+    from detoxedit.report import compare_runs, general_setting_report, load_run, run_report
 
-    text = run_report(load_run(runs[0]), figures=True) if len(runs) == 1 else compare_runs(runs)
+    if table3:
+        text = general_setting_report(runs)
+    else:
+        text = run_report(load_run(runs[0]), figures=True) if len(runs) == 1 else compare_runs(runs)
     if out is None:
         console.print(text, markup=False, highlight=False, soft_wrap=True)  # never wrap Markdown table rows
         return

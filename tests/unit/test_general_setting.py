@@ -1,0 +1,77 @@
+"""The general setting on a tiny model: instance spread (`run --instances`), Table 3 with training cost."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from tiny import tiny_model, tiny_tokenizer
+
+from detoxedit.cli import main
+from detoxedit.evaluation.records import read_jsonl
+from detoxedit.models import get_adapter
+from test_reliability_runs import item_json
+
+
+@pytest.fixture()
+def files(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
+    test, train = tmp_path / "test.json", tmp_path / "train.json"
+    test.write_text(json.dumps([item_json(i) for i in range(3)]), encoding="utf-8")
+    train.write_text(json.dumps([item_json(i) for i in range(100, 105)]), encoding="utf-8")
+    model = tiny_model("llama")
+    get_adapter(model).final_norm.weight.data.mul_(8.0)
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    return test, train, tmp_path / "model"
+
+
+def cli(*argv) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code
+
+
+def test_instance_spread_runs_each_instance_on_the_whole_test_set_and_summarises(files, tmp_path, capsys):
+    test, train, model = files
+    common = ["--model", model, "--data", test, "--train", train, "--judge", "refusal", "--max-new-tokens", 4,
+              "--set", "steps=2", "--set", "layer=1", "--set", "lr=0.5"]
+    assert cli("run", "--method", "dinm-global", "--instances", 2, *common, "--out", tmp_path / "spread") == 0
+    summary = json.loads((tmp_path / "spread" / "spread.json").read_text())
+    assert len(summary["instances"]) == 2 and len(set(summary["instances"])) == 2
+    for index, instance in enumerate(summary["instances"], 1):
+        folder = tmp_path / "spread" / f"instance-{index}"
+        config = json.loads((folder / "config.json").read_text())
+        assert config["method_config"]["instance_ids"] == [instance]
+        assert len(read_jsonl(folder / "items.jsonl")) == 3  # every test item, with the one edit
+        assert json.loads((folder / "metrics.json").read_text())["fit"]["seconds"] > 0
+    ds = [json.loads((tmp_path / "spread" / f"instance-{i}" / "metrics.json").read_text())
+          ["variants"]["edited"]["metrics"]["DS"]["value"] for i in (1, 2)]
+    assert summary["metrics"]["DS"]["value"] == pytest.approx(statistics.fmean(ds))
+    assert summary["metrics"]["DS"]["std"] == pytest.approx(statistics.stdev(ds))
+    assert summary["best"]["instance"] in summary["instances"]
+    assert "mean ± std, 2 instances" in capsys.readouterr().out
+
+    assert cli("run", "--method", "ft-l", *common[:-6], "--out", tmp_path / "ftl", "--set", "steps=2") == 0
+    capsys.readouterr()
+    assert cli("report", "--table3", tmp_path / "ftl", tmp_path / "spread") == 0
+    text = capsys.readouterr().out
+    assert "Table 3 layout" in text and "| KQA (contains) |" in text
+    assert "DINM-GLOBAL (mean ± std, 2 instances)" in text and "FT-L (ftl)" in text
+    assert "Training cost" in text and "Vanilla (" in text
+
+
+def test_instances_need_a_method_that_edits_from_named_instances(files, tmp_path, capsys):
+    test, train, model = files
+    code = cli("run", "--method", "ft-l", "--instances", 2, "--model", model, "--data", test, "--train", train,
+               "--judge", "refusal", "--out", tmp_path / "x")
+    assert code == 2 and "no instance_ids setting" in capsys.readouterr().err
+
+
+def test_a_global_run_records_its_training_cost(files, tmp_path):
+    test, train, model = files
+    assert cli("run", "--method", "dinm-global", "--model", model, "--data", test, "--train", train, "--judge",
+               "refusal", "--max-new-tokens", 4, "--set", "steps=2", "--set", "layer=1", "--out", tmp_path / "run") == 0
+    fit = json.loads((tmp_path / "run" / "metrics.json").read_text())["fit"]
+    assert fit["seconds"] > 0 and fit["trainable_parameters"] == 64 * 32  # one down-projection of the tiny model
