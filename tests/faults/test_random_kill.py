@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from detoxedit.evaluation.inputs import INPUTS_FILE
 
 pytestmark = pytest.mark.faults
 
@@ -60,9 +63,13 @@ class Reference:
     report_time: float  # ... until report.md was written
 
     def window(self, items_done: int) -> float:
-        """The work left to a start that finds `items_done` items finished: kills are drawn within it,
-        so that later starts of a chain are still killed in their edits, not only in their report."""
-        return max(self.report_time - self.item_times[min(items_done, len(self.item_times) - 1)], 0.2)
+        """Where a start that finds `items_done` items finished is killed: within its edits while items
+        are left (a kill drawn over the whole run would mostly land in the report), then within the
+        metrics and report."""
+        n = len(self.item_times) - 1
+        if items_done < n:
+            return max(self.item_times[n] - self.item_times[items_done], 0.05)
+        return max(self.report_time - self.item_times[n], 0.05)
 
 
 # ---------------------------------------------------------------- running and killing
@@ -255,24 +262,77 @@ def differences(expected: dict, actual: dict, what: str) -> list[str]:
 # ---------------------------------------------------------------- tests
 
 
+def assert_same_run(reference: Path, folder: Path, where: str) -> None:
+    """`folder` (finished) holds what the uninterrupted `reference` holds: the same records, item by item,
+    the same metrics and report, and no other file."""
+    temp = sorted(p for p in files_in(folder) if p.endswith(".tmp"))
+    assert not temp, f"{where}: temp files left in the finished folder: {temp}"
+    assert files_in(folder) == files_in(reference), f"{where}: the finished folder holds other files"
+    problems = differences(generation_records(reference), generation_records(folder), "reply")
+    problems += differences(item_records(reference), item_records(folder), "item")
+    # metrics are computed from the records only, so they are equal exactly (no float tolerance needed:
+    # one thread on CPU gives the same edits, replies and bootstrap draws bit for bit)
+    problems += differences(metric_values(reference), metric_values(folder), "metrics.json")
+    if report_lines(folder) != report_lines(reference):
+        problems.append("report.md differs (beyond its title and times)")
+    assert not problems, where + "\n" + "\n".join(problems)
+
+
+def restart(folder: Path, fault_run, cache: Path) -> None:
+    """Runs the command into `folder` to its end; it must exit 0."""
+    log = folder.parent / f"{folder.name}.log"
+    argv, env = fault_run(folder, cache)
+    proc = _start(argv, env, log)
+    try:
+        rc = proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 0, f"the restart into {folder} exited {rc}:\n{_tail(log)}"
+
+
+# ---------------------------------------------------------------- tests
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(seed, reference, chains):
     chain = chains[seed]
     assert chain.error is None, chain.error
     where = f"seed {seed}, kills (start, s into work, items done) " \
             f"{[(k.start, round(k.delay_s, 3), k.items_done) for k in chain.kills]}"
-    temp = sorted(p for p in files_in(chain.folder) if p.endswith(".tmp"))
-    assert not temp, f"{where}: temp files left in the finished folder: {temp}"
-    assert files_in(chain.folder) == files_in(reference.folder), f"{where}: the finished folder holds other files"
+    assert_same_run(reference.folder, chain.folder, where)
 
-    problems = differences(generation_records(reference.folder), generation_records(chain.folder), "reply")
-    problems += differences(item_records(reference.folder), item_records(chain.folder), "item")
-    # metrics are computed from the records only, so they are equal exactly (no float tolerance needed:
-    # one thread on CPU gives the same edits, replies and bootstrap draws bit for bit)
-    problems += differences(metric_values(reference.folder), metric_values(chain.folder), "metrics.json")
-    if report_lines(chain.folder) != report_lines(reference.folder):
-        problems.append("report.md differs (beyond its title and times)")
-    assert not problems, where + "\n" + "\n".join(problems)
+
+# Kill points a few milliseconds wide, which random kills reach only now and then: the folder each
+# leaves is built here (from the reference's own files), and the restart must finish it cleanly.
+
+
+def test_a_kill_between_the_first_starts_inputs_and_config_does_not_block_the_restart(reference, fault_run, tmp_path):
+    """The first start writes inputs.json, then config.json (atomically: a staging file, renamed):
+    a kill in between leaves inputs.json, and maybe the staging file, but no config.json. The same
+    command must then start the run, not refuse the folder as foreign."""
+    folder = tmp_path / "killed-before-config"
+    folder.mkdir()
+    shutil.copy(reference.folder / INPUTS_FILE, folder / INPUTS_FILE)
+    config = (reference.folder / "config.json").read_text(encoding="utf-8")
+    (folder / ".config.json.k1ll3d00.tmp").write_text(config[: len(config) // 2], encoding="utf-8")
+    restart(folder, fault_run, tmp_path / "cache")
+    assert_same_run(reference.folder, folder, "killed between inputs.json and config.json")
+
+
+def test_a_kill_during_an_atomic_rewrite_leaves_no_temp_file_in_the_finished_folder(reference, fault_run, tmp_path):
+    """A resume rewrites the logs atomically (staging file, fsync, rename); a kill before the rename
+    leaves the staging file beside the log. The next start must not keep it."""
+    folder = tmp_path / "killed-mid-rewrite"
+    shutil.copytree(reference.folder, folder)
+    for name in ("metrics.json", "report.md"):  # killed before the end
+        (folder / name).unlink()
+    for name in ("items.jsonl", "generations.jsonl"):
+        text = (folder / name).read_text(encoding="utf-8")
+        (folder / f".{name}.k1ll3d00.tmp").write_text(text[: len(text) // 2], encoding="utf-8")
+    restart(folder, fault_run, tmp_path / "cache")
+    assert_same_run(reference.folder, folder, "killed during a rewrite of items.jsonl and generations.jsonl")
 
 
 def test_the_kills_landed_in_real_work(reference, chains):
