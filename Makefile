@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not faults"
 
 bench: install
 	$(PY) benchmarks/bench_runner.py

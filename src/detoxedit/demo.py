@@ -211,3 +211,53 @@ def _label(record: dict[str, Any]) -> str:
 def _clip(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+# ---------------------------------------------------------------- the general setting
+
+
+GENERAL_METHODS = ("self-reminder", "dinm-global", "sft", "dpo")
+"""The general setting's methods, each fitted once on the built-in train split (dinm-global: from one instance)."""
+
+
+def general_configs(settings: DemoSettings) -> list[Any]:
+    """One `RunConfig` per method of the general setting: fitted on the built-in train split, evaluated
+    on the same test items as the per-item demo (the splits share no question)."""
+    from detoxedit.data.builtin import benchmark_path
+    from detoxedit.settings import resolve_settings
+
+    base = demo_config(settings)
+    configs = []
+    for method in GENERAL_METHODS:
+        resolved = resolve_settings(method, "default")
+        configs.append(dataclasses.replace(base, method=resolved.method, method_config=resolved.method_config,
+                                           preset=resolved.preset, train=str(benchmark_path("train"))))
+    return configs
+
+
+def run_general_demo(settings: DemoSettings, console: Any = None) -> str:
+    """Every method of the general setting into ``settings.out/<method>``, then their Table 3 (with
+    training cost) printed and written to ``settings.out/table3.md``; returns the Markdown."""
+    from rich.console import Console
+
+    from detoxedit.files import atomic_write_text
+    from detoxedit.judges.base import load_judge
+    from detoxedit.models import load_model
+    from detoxedit.report import general_setting_report
+    from detoxedit.runner import run_protocol
+
+    console = console or Console()
+    configs = general_configs(settings)
+    judge = load_judge(configs[0].judge)
+    model, tokenizer = load_model("default", device=settings.device)
+    folders = []
+    for cfg in configs:
+        console.print(f"[bold]general setting[/]: {cfg.method} fitted on {cfg.train}", highlight=False)
+        start = time.perf_counter()
+        run_protocol(cfg, Path(settings.out) / cfg.method, overwrite=True, model=model, tokenizer=tokenizer, judge=judge)
+        logger.info("%s: %.0f s (fit and evaluation)", cfg.method, time.perf_counter() - start)
+        folders.append(Path(settings.out) / cfg.method)
+    text = general_setting_report(folders)
+    atomic_write_text(Path(settings.out) / "table3.md", text)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    return text

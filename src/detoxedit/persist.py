@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DELTA_TENSORS = "delta.safetensors"
 DELTA_META = "delta.json"
+FITTED_EDIT = "fitted_edit.pt"  # a global method's edit in its run folder (runner.py)
 FORMAT_VERSION = 1
 
 
@@ -53,11 +54,15 @@ def save_delta(edit: Edit, folder: str | Path, meta: dict[str, Any]) -> Path:
 
 
 def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Reads a delta: `path` is a saved folder or its delta.safetensors; the JSON beside it is optional."""
+    """Reads a delta: `path` is a saved folder or its delta.safetensors (the JSON beside it is optional),
+    or a run folder of a global method (`run --method sft ... --out RUN`: its fitted_edit.pt)."""
     path = Path(path)
+    if path.is_dir() and (path / FITTED_EDIT).is_file() and not (path / DELTA_TENSORS).is_file():
+        return _fitted_run_delta(path)
     tensors_path = path / DELTA_TENSORS if path.is_dir() else path
     if not tensors_path.is_file():
-        raise DetoxeditError(f"delta file not found: {tensors_path} (give a folder written by `detoxedit edit --save` or its {DELTA_TENSORS})")
+        raise DetoxeditError(f"delta file not found: {tensors_path} (give a folder written by `detoxedit edit --save`, "
+                             f"its {DELTA_TENSORS}, or the run folder of a global method)")
     try:
         deltas = load_file(str(tensors_path))
     except Exception as err:  # safetensors raises its own error types
@@ -65,6 +70,21 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     meta_path = tensors_path.with_name(DELTA_META)
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return deltas, meta
+
+
+def _fitted_run_delta(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The one edit a global method fitted in a run folder, with the run's config as its metadata."""
+    from detoxedit.provenance import base_identity
+
+    saved = torch.load(folder / FITTED_EDIT, map_location="cpu", weights_only=True)  # no pickled code runs
+    if not saved.get("deltas"):
+        raise DetoxeditError(f"{folder}: the fitted edit changes no weights (a prompt-side method such as "
+                             "self-reminder); there is no model to save, its prompts are in the run's items.jsonl")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    meta = {"base_model": config.get("model"), "base_model_sha256": base_identity(config.get("model", "")).get("sha256"),
+            "method": config.get("method"), "preset": config.get("preset"), "method_config": config.get("method_config"),
+            "item_file": config.get("train"), "layer": saved.get("layer"), "run_folder": str(folder)}
+    return saved["deltas"], meta
 
 
 def check_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], source: str = "delta") -> None:
@@ -128,8 +148,9 @@ def check_save_folder(folder: str | Path, overwrite: bool) -> Path:
 def staged_folder(folder: str | Path) -> Iterator[Path]:
     """Yields a staging folder beside `folder`; on success it replaces `folder` (whole), on error it is removed."""
     folder = Path(folder)
+    for stale in folder.parent.glob(f".{folder.name}.staging*"):  # left by a killed save of the same folder
+        shutil.rmtree(stale, ignore_errors=True)
     staging = folder.with_name(f".{folder.name}.staging{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         yield staging

@@ -78,6 +78,7 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
             or the changed items), or holds foreign files.
     """
     check_writable_folder(folder)
+    remove_staging_files(folder)
     config_path = folder / "config.json"
     if overwrite:
         for name in RUN_FILES:
@@ -85,8 +86,8 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
         shutil.rmtree(folder / PENDING, ignore_errors=True)
         shutil.rmtree(folder / METHOD_STATE, ignore_errors=True)
         return False
-    if not config_path.is_file():
-        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
+    if not config_path.is_file():  # inputs.json alone: a start killed before config.json, nothing to keep
+        if any(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != INPUTS_FILE):
             raise DetoxeditError(f"{folder} is not empty and holds no config.json; use a new --out folder or --overwrite")
         return False
     old = _read_run_json(config_path)
@@ -103,6 +104,14 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
     if old_inputs is None:
         logger.warning("%s was written before runs recorded their inputs' contents; resuming on the same paths", folder)
     return True
+
+
+def remove_staging_files(folder: Path) -> None:
+    """Deletes the temp files of atomic writes that a kill interrupted (`files.atomic_write_bytes`):
+    their target is whole (the old version or none), so they hold nothing to keep."""
+    for pattern in (".*.tmp", f"{PENDING}/.*.tmp"):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _read_run_json(path: Path) -> dict[str, Any]:
@@ -219,7 +228,7 @@ class Runner:
         if len(kept) != len(raw) or is_torn(self.generations.path):
             logger.info("Resuming: dropped %d unfinished or duplicate reply records", len(raw) - len(kept))
             self.generations.rewrite(kept.values())
-        if self.items_log.path.is_file():
+        if len(items) != len(self.items_log.read()) or is_torn(self.items_log.path):
             self.items_log.rewrite(items.values())
 
     def _cache(self, max_new_tokens: int) -> GenerationCache:

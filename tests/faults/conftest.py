@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
-N_ITEMS = 12
+N_ITEMS = 8
 # One target per item, so each item's edit (and so its edited replies) is its own: a resumed run
 # that evaluated an item with another item's edit, or without its edit, shows in the replies.
 # Half are refusals, so the refusal judge labels some edited replies safe and DS is not flat.

@@ -1,14 +1,16 @@
 """kill -9 at random points of a run, restart the same command, and the finished folder equals an uninterrupted run.
 
 One reference run goes through uninterrupted. For each seed, a chain runs the same command into
-a new folder (with its own generation cache): each start waits until the run's real work begins
-(config.json written, after imports and model loading), sleeps a delay drawn from the seed's RNG
-within the reference's working time, and SIGKILLs the process; after KILLS_PER_CHAIN kills the
-next start runs to the end. The finished folder must then hold the same records as the reference,
-item by item, and nothing else (no temp files, no pending edits).
+a new folder (with its own generation cache, so the killed runs really generate): each start
+waits until the run's real work begins (config.json written, after imports and model loading),
+sleeps a delay drawn from the seed's RNG within the work the reference took for what is left, and
+SIGKILLs the process; after KILLS_PER_CHAIN kills the next start runs to the end. The finished
+folder must then hold the same records as the reference, item by item, and nothing else (no temp
+files, no pending edits). Two kill points only milliseconds wide are planted instead of hit.
 
-Chains run two at a time (each process is single-threaded); the whole group takes about two
-minutes on two CPU cores, most of it Python importing torch + transformers at each start.
+Everything runs in subprocesses, two at a time (each single-threaded); most of the time is
+Python importing torch + transformers at each of ~30 starts: about 2.5 minutes on two idle CPU
+cores, more on a busy machine.
 """
 
 from __future__ import annotations
@@ -42,9 +44,9 @@ TIMING_INFO = {"seconds", "tune_seconds"}
 @dataclass
 class Kill:
     start: int  # which start of the chain (0-based) was killed
-    delay_s: float  # after its work began
+    delay_s: float  # after its work began (or, in the report, after it wrote metrics.json)
     items_done: int  # complete item records on disk just before the kill
-    metrics_written: bool  # metrics.json existed (the kill hit the report, not the edits)
+    in_report: bool  # this start had written metrics.json: the kill hit the report, not the edits
 
 
 @dataclass
@@ -60,12 +62,13 @@ class Chain:
 class Reference:
     folder: Path
     item_times: list[float]  # [d]: seconds from the run's work beginning until d item records were on disk
+    metrics_time: float  # ... until metrics.json was written
     report_time: float  # ... until report.md was written
 
     def window(self, items_done: int) -> float:
-        """Where a start that finds `items_done` items finished is killed: within its edits while items
-        are left (a kill drawn over the whole run would mostly land in the report), then within the
-        metrics and report."""
+        """How long after its work begins a start that finds `items_done` items finished may be killed:
+        within its remaining edits (a delay drawn over the whole run would mostly land in the report,
+        the edits being the shorter part), or, with none left, within the metrics and report."""
         n = len(self.item_times) - 1
         if items_done < n:
             return max(self.item_times[n] - self.item_times[items_done], 0.05)
@@ -84,17 +87,17 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _wait_for_work(proc: subprocess.Popen, folder: Path, before: tuple[int, int] | None, log: Path) -> bool:
-    """Waits until this start (re)writes config.json or logs that it runs: past imports and model
-    loading. False when the process exits first."""
+def _wait_for_write(proc: subprocess.Popen, path: Path, before: tuple[int, int] | None, log: Path | None = None) -> bool:
+    """Waits until this start (re)writes `path` (or, with `log`, logs that it runs); False when the
+    process exits first. config.json is written once imports and model loading are done."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while proc.poll() is None and time.monotonic() < deadline:
-        stamp = _stamp(folder / "config.json")
+        stamp = _stamp(path)
         if stamp is not None and stamp != before:
             return True
-        if b" run into " in log.read_bytes():
+        if log is not None and b" run into " in log.read_bytes():
             return True
-        time.sleep(0.005)
+        time.sleep(0.002)
     return proc.poll() is None
 
 
@@ -114,51 +117,60 @@ def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr, cwd=log.parent)
 
 
+def _exit_code(proc: subprocess.Popen) -> int:
+    """Waits for the process; one that hangs is killed (and the test fails on its exit code)."""
+    try:
+        return proc.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -1
+
+
 def run_reference(root: Path, fault_run) -> Reference:
     folder, log = root / "reference", root / "reference.log"
     argv, env = fault_run(folder, root / "cache-reference")
     proc = _start(argv, env, log)
-    try:
-        assert _wait_for_work(proc, folder, None, log), f"reference run failed to start:\n{_tail(log)}"
-        began = time.monotonic()
-        item_times = [0.0]
-        while proc.poll() is None and not (folder / "report.md").is_file():
-            while _items_done(folder) >= len(item_times):
-                item_times.append(time.monotonic() - began)
-            time.sleep(0.002)
-        report_time = time.monotonic() - began
-        rc = proc.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _wait_for_write(proc, folder / "config.json", None, log)
+    began = time.monotonic()
+    item_times, metrics_time = [0.0], None
+    while proc.poll() is None and not (folder / "report.md").is_file() and time.monotonic() < began + RUN_TIMEOUT_S:
+        while _items_done(folder) >= len(item_times):
+            item_times.append(time.monotonic() - began)
+        if metrics_time is None and (folder / "metrics.json").is_file():
+            metrics_time = time.monotonic() - began
+        time.sleep(0.002)
+    report_time = time.monotonic() - began
+    rc = _exit_code(proc)
     assert rc == 0, f"reference run exited {rc}:\n{_tail(log)}"
-    return Reference(folder, item_times, report_time)
+    return Reference(folder, item_times, metrics_time or report_time, report_time)
 
 
 def run_chain(seed: int, root: Path, fault_run, reference: Reference) -> Chain:
-    """Starts the command, SIGKILLs it at a random point of its work, restarts; the last start runs to the end."""
+    """Starts the command, SIGKILLs it at a random point of its work, restarts; the last start runs to the end.
+
+    Each kill lands in the edits (see `Reference.window`), except the last, which waits for the
+    start to write metrics.json and lands in the report (figures, report.md, pending/ removed).
+    """
     rng = random.Random(seed)
     chain = Chain(seed, root / f"killed-{seed}")
     argv, env = fault_run(chain.folder, root / f"cache-{seed}")
     began = time.monotonic()
     for start in range(KILLS_PER_CHAIN + 1):
         log = root / f"killed-{seed}.start{start}.log"
-        before = _stamp(chain.folder / "config.json")
+        config, metrics = chain.folder / "config.json", chain.folder / "metrics.json"
+        before, metrics_before, done = _stamp(config), _stamp(metrics), _items_done(chain.folder)
         proc = _start(argv, env, log)
-        try:
-            kill = None
-            done = _items_done(chain.folder)
-            if start < KILLS_PER_CHAIN and _wait_for_work(proc, chain.folder, before, log):
-                delay = rng.uniform(0.0, reference.window(done))
-                time.sleep(delay)
-                kill = Kill(start, delay, _items_done(chain.folder), (chain.folder / "metrics.json").is_file())
-                os.kill(proc.pid, signal.SIGKILL)  # a zombie (already exited) ignores it; its exit code tells
-            rc = proc.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill = None
+        in_report = start == KILLS_PER_CHAIN - 1
+        if start < KILLS_PER_CHAIN and _wait_for_write(proc, config, before, log) and (
+                not in_report or _wait_for_write(proc, metrics, metrics_before)):
+            window = reference.report_time - reference.metrics_time if in_report else reference.window(done)
+            delay = rng.uniform(0.0, max(window, 0.05))
+            time.sleep(delay)
+            kill = Kill(start, delay, _items_done(chain.folder), _stamp(metrics) != metrics_before)
+            os.kill(proc.pid, signal.SIGKILL)  # a zombie (already exited) ignores it; its exit code tells
+        rc = _exit_code(proc)
         if rc == -signal.SIGKILL and kill is not None:
             chain.kills.append(kill)
             continue
@@ -166,10 +178,66 @@ def run_chain(seed: int, root: Path, fault_run, reference: Reference) -> Chain:
             chain.error = (f"seed {seed}, start {start} (after kills at {[round(k.delay_s, 3) for k in chain.kills]} s "
                            f"into work) exited {rc}:\n{_tail(log)}")
         break
-    else:
-        chain.error = f"seed {seed}: the last start was killed too"
     chain.seconds = time.monotonic() - began
     return chain
+
+
+# Kill points a few milliseconds wide, which random kills reach only now and then: each `plant_*`
+# builds the folder such a kill leaves (from the reference's own files); one start must finish it.
+
+
+def plant_before_config(reference: Reference, folder: Path) -> None:
+    """The first start writes inputs.json, then config.json (atomically: a staging file, renamed):
+    a kill in between leaves inputs.json, and maybe the staging file, but no config.json."""
+    folder.mkdir()
+    shutil.copy(reference.folder / INPUTS_FILE, folder / INPUTS_FILE)
+    config = (reference.folder / "config.json").read_text(encoding="utf-8")
+    (folder / ".config.json.k1ll3d00.tmp").write_text(config[: len(config) // 2], encoding="utf-8")
+
+
+def plant_mid_rewrite(reference: Reference, folder: Path) -> None:
+    """A resume rewrites the logs atomically (staging file, fsync, rename); a kill before the rename
+    leaves the staging file beside the log, and the run has no metrics or report yet."""
+    shutil.copytree(reference.folder, folder)
+    for name in ("metrics.json", "report.md"):
+        (folder / name).unlink()
+    for name in ("items.jsonl", "generations.jsonl"):
+        text = (folder / name).read_text(encoding="utf-8")
+        (folder / f".{name}.k1ll3d00.tmp").write_text(text[: len(text) // 2], encoding="utf-8")
+
+
+def plant_mid_batch(reference: Reference, folder: Path) -> None:
+    """Items are evaluated --items-per-batch at a time and written one by one: a kill between two
+    writes leaves half a batch, so the resumed run batches the rest differently from the reference
+    (its items' edits are generated beside other items' edits): the replies must not change."""
+    shutil.copytree(reference.folder, folder)
+    for name in ("metrics.json", "report.md"):
+        (folder / name).unlink()
+    items = read_records(folder / "items.jsonl")
+    kept = {str(r["item_id"]) for r in items[:3]}
+    replies = [r for r in read_records(folder / "generations.jsonl") if r["variant"] == "vanilla" or str(r["item_id"]) in kept]
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items[:3]), encoding="utf-8")
+    (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies), encoding="utf-8")
+
+
+PLANTED = {"killed-before-config": plant_before_config, "killed-mid-rewrite": plant_mid_rewrite,
+           "killed-mid-batch": plant_mid_batch}
+
+
+def run_planted(name: str, root: Path, fault_run, reference: Reference) -> tuple[Path, str | None]:
+    """Plants the folder `name`, runs the command into it to the end; returns the folder and, if the
+    start failed, its exit code and stderr."""
+    folder, log = root / name, root / f"{name}.log"
+    PLANTED[name](reference, folder)
+    argv, env = fault_run(folder, root / f"cache-{name}")
+    rc = _exit_code(_start(argv, env, log))
+    return folder, None if rc == 0 else f"the start into the {name} folder exited {rc}:\n{_tail(log)}"
+
+
+@dataclass
+class Runs:
+    chains: dict[int, Chain]
+    planted: dict[str, tuple[Path, str | None]]
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +246,13 @@ def reference(tmp_path_factory, fault_run) -> Reference:
 
 
 @pytest.fixture(scope="module")
-def chains(tmp_path_factory, fault_run, reference) -> dict[int, Chain]:
+def runs(tmp_path_factory, fault_run, reference) -> Runs:
+    """Every chain and planted folder, run WORKERS at a time (each process is single-threaded)."""
     root = tmp_path_factory.mktemp("killed")
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        futures = {seed: pool.submit(run_chain, seed, root, fault_run, reference) for seed in SEEDS}
-        return {seed: future.result() for seed, future in futures.items()}
+        chains = {seed: pool.submit(run_chain, seed, root, fault_run, reference) for seed in SEEDS}
+        planted = {name: pool.submit(run_planted, name, root, fault_run, reference) for name in PLANTED}
+        return Runs({k: f.result() for k, f in chains.items()}, {k: f.result() for k, f in planted.items()})
 
 
 # ---------------------------------------------------------------- reading a finished folder
@@ -259,9 +329,6 @@ def differences(expected: dict, actual: dict, what: str) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------- tests
-
-
 def assert_same_run(reference: Path, folder: Path, where: str) -> None:
     """`folder` (finished) holds what the uninterrupted `reference` holds: the same records, item by item,
     the same metrics and report, and no other file."""
@@ -278,68 +345,46 @@ def assert_same_run(reference: Path, folder: Path, where: str) -> None:
     assert not problems, where + "\n" + "\n".join(problems)
 
 
-def restart(folder: Path, fault_run, cache: Path) -> None:
-    """Runs the command into `folder` to its end; it must exit 0."""
-    log = folder.parent / f"{folder.name}.log"
-    argv, env = fault_run(folder, cache)
-    proc = _start(argv, env, log)
-    try:
-        rc = proc.wait(timeout=RUN_TIMEOUT_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert rc == 0, f"the restart into {folder} exited {rc}:\n{_tail(log)}"
-
-
 # ---------------------------------------------------------------- tests
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_killed_and_resumed_run_equals_the_uninterrupted_run(seed, reference, chains):
-    chain = chains[seed]
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(seed, reference, runs):
+    chain = runs.chains[seed]
     assert chain.error is None, chain.error
     where = f"seed {seed}, kills (start, s into work, items done) " \
             f"{[(k.start, round(k.delay_s, 3), k.items_done) for k in chain.kills]}"
     assert_same_run(reference.folder, chain.folder, where)
 
 
-# Kill points a few milliseconds wide, which random kills reach only now and then: the folder each
-# leaves is built here (from the reference's own files), and the restart must finish it cleanly.
-
-
-def test_a_kill_between_the_first_starts_inputs_and_config_does_not_block_the_restart(reference, fault_run, tmp_path):
-    """The first start writes inputs.json, then config.json (atomically: a staging file, renamed):
-    a kill in between leaves inputs.json, and maybe the staging file, but no config.json. The same
-    command must then start the run, not refuse the folder as foreign."""
-    folder = tmp_path / "killed-before-config"
-    folder.mkdir()
-    shutil.copy(reference.folder / INPUTS_FILE, folder / INPUTS_FILE)
-    config = (reference.folder / "config.json").read_text(encoding="utf-8")
-    (folder / ".config.json.k1ll3d00.tmp").write_text(config[: len(config) // 2], encoding="utf-8")
-    restart(folder, fault_run, tmp_path / "cache")
+def test_a_kill_between_the_first_starts_inputs_and_config_does_not_block_the_restart(reference, runs):
+    """See `plant_before_config`: the same command must then start the run, not refuse the folder as foreign."""
+    folder, error = runs.planted["killed-before-config"]
+    assert error is None, error
     assert_same_run(reference.folder, folder, "killed between inputs.json and config.json")
 
 
-def test_a_kill_during_an_atomic_rewrite_leaves_no_temp_file_in_the_finished_folder(reference, fault_run, tmp_path):
-    """A resume rewrites the logs atomically (staging file, fsync, rename); a kill before the rename
-    leaves the staging file beside the log. The next start must not keep it."""
-    folder = tmp_path / "killed-mid-rewrite"
-    shutil.copytree(reference.folder, folder)
-    for name in ("metrics.json", "report.md"):  # killed before the end
-        (folder / name).unlink()
-    for name in ("items.jsonl", "generations.jsonl"):
-        text = (folder / name).read_text(encoding="utf-8")
-        (folder / f".{name}.k1ll3d00.tmp").write_text(text[: len(text) // 2], encoding="utf-8")
-    restart(folder, fault_run, tmp_path / "cache")
+def test_a_kill_during_an_atomic_rewrite_leaves_no_temp_file_in_the_finished_folder(reference, runs):
+    """See `plant_mid_rewrite`: the next start must finish the run and not keep the staging files."""
+    folder, error = runs.planted["killed-mid-rewrite"]
+    assert error is None, error
     assert_same_run(reference.folder, folder, "killed during a rewrite of items.jsonl and generations.jsonl")
 
 
-def test_the_kills_landed_in_real_work(reference, chains):
+def test_a_kill_between_two_items_of_a_batch_changes_no_reply(reference, runs):
+    """See `plant_mid_batch`."""
+    folder, error = runs.planted["killed-mid-batch"]
+    assert error is None, error
+    assert_same_run(reference.folder, folder, "killed after item 3 of 8 (--items-per-batch 2)")
+
+
+def test_the_kills_landed_in_real_work(reference, runs):
     """Enough kills, after each start's work began; reported per seed (pytest -s shows it)."""
-    for seed, chain in chains.items():
-        during_edits = sum(1 for k in chain.kills if not k.metrics_written)
-        print(f"\nseed {seed}: {len(chain.kills)} kills in {chain.seconds:.0f} s ({during_edits} before metrics.json); "
+    for seed, chain in runs.chains.items():
+        in_report = sum(1 for k in chain.kills if k.in_report)
+        print(f"\nseed {seed}: {len(chain.kills)} kills in {chain.seconds:.0f} s ({in_report} in the report); "
               f"(start, delay s, items done): {[(k.start, round(k.delay_s, 3), k.items_done) for k in chain.kills]}")
-    total = sum(len(chain.kills) for chain in chains.values())
+    print(f"reference: items at {[round(t, 2) for t in reference.item_times]} s, metrics at "
+          f"{reference.metrics_time:.2f} s, report at {reference.report_time:.2f} s after its work began")
+    total = sum(len(chain.kills) for chain in runs.chains.values())
     assert total >= MIN_KILLS, f"only {total} kills landed in real work (reference: {reference})"

@@ -204,6 +204,18 @@ def test_plain_format_for_a_tokenizer_without_chat_template_leaves_the_tokenizer
     assert tok.pad_token is None  # TRL set a pad token on its own copy only
 
 
+def test_rows_use_the_generation_prompt_and_strip_the_replies():
+    """SafeEdit's unsafe replies start with blank lines, which would merge with the template's newline."""
+    tok = tiny_tokenizer()
+    fmt = ChatFormat(tok)
+    item = tiny_item(0, safe=" " + SAFE + "\n", unsafe="\n\n" + UNSAFE)
+    (row,) = build_method("dpo").rows(fmt, [item])
+    assert row["chosen"] == [{"role": "assistant", "content": SAFE}]
+    assert row["rejected"] == [{"role": "assistant", "content": UNSAFE}]
+    prompt_ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert prompt_ids["input_ids"] == fmt.encode(item.adversarial_prompt)  # what the runner generates from
+
+
 # ------------------------------------------------------------------ resume
 
 

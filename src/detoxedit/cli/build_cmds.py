@@ -100,18 +100,28 @@ def _print_build_summary(result, paths: dict[str, Path]) -> None:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (results, tables, config)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (results, tables, config); default runs/demo, "
+                             "or runs/demo-general with --setting general (one run folder per method inside)."),
     limit: int = typer.Option(None, help="Test items to edit, a seeded sample (default 8; 0: the whole test split)."),
     max_new_tokens: int = typer.Option(None, help="New tokens per safety reply (default 64, as the benchmark was built)."),
     general_limit: int = typer.Option(None, help="Trivia and summary items for KQA/Csum (default: all)."),
     judge: str = typer.Option(None, help="Safety judge (default: embedded, else refusal if no head is shipped)."),
+    setting: str = typer.Option("per-item", help="per-item: DINM edits from each test item (the paper's Table 1); "
+                                "general: self-reminder, one-instance DINM, SFT and DPO each fitted once on the "
+                                "built-in train split, side by side (the paper's Table 3)."),
     device: str = opt.DEVICE,
 ) -> None:
     """Show the whole idea on the default model: it answers jailbreaks, DINM edits it from one instance, it refuses."""
-    from detoxedit.demo import DemoSettings, run_demo
+    from detoxedit.demo import DemoSettings, run_demo, run_general_demo
 
+    if setting not in ("per-item", "general"):
+        raise DetoxeditError(f"--setting must be per-item or general, got {setting!r}")
+    out = out or Path("runs/demo-general" if setting == "general" else "runs/demo")
     settings = DemoSettings.with_overrides(out=out, limit=limit, max_new_tokens=max_new_tokens,
                                            general_limit=general_limit, judge=judge, device=device)
     if limit == 0:
         settings.limit = None
-    run_demo(settings, console=console)
+    if setting == "general":
+        run_general_demo(settings, console=console)
+    else:
+        run_demo(settings, console=console)

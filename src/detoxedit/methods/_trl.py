@@ -8,7 +8,8 @@ the change as deltas in each parameter's own layout:
     LoRA (default)  for each adapted projection, PEFT's own `get_delta_weight(adapter)`
                     (scaling * B @ A, transposed for Conv1D): the very tensor `merge_and_unload`
                     adds to the weight, so `applied(model, deltas)` is the merged PEFT model, bit
-                    for bit.
+                    for bit in float32 (in bfloat16 the delta is rounded to the weight's dtype
+                    before the add, PEFT adds the float32 adapter product directly).
     full            trained - original, for every parameter that changed (W + (W' - W) equals W'
                     up to one rounding of the subtraction).
 
@@ -21,10 +22,17 @@ match full fine-tuning. The LM head and embeddings are left alone: TRL computes 
 
 Resume: inside a run (`EditMethod.work_dir` set) the trainer checkpoints every `save_steps` steps
 into work_dir/checkpoints (the latest only) and a later `fit` resumes from it (weights or adapter,
-optimizer, scheduler, RNG and data position). Once training has finished and the deltas are taken,
+optimizer, scheduler, RNG and data position; the resumed deltas equal an uninterrupted fit's bit for
+bit on CPU, tested). Once training has finished and the deltas are taken,
 the checkpoints are deleted: the runner keeps the fitted edit (fitted_edit.pt), and a kill in the
 moment between the two only means training again. Outside a run the trainer works in a temporary
 folder and saves nothing.
+
+Data: one row per training item in TRL's conversational format (the adversarial input as the user
+turn, replies as assistant turns), so TRL applies the model's own chat template, the same prompt
+`ChatFormat` renders for generation; a tokenizer without a template gets ChatFormat's plain
+rendering as prompt-completion text. Training runs in the model's own dtype and on its device
+(no mixed precision; float32 on CPU).
 
 Side effects are contained: the tokenizer is copied too (TRL sets its pad token), the global RNGs
 (Python, NumPy, torch) are restored after training (TRL seeds them), and TRL's usage ping to the
@@ -37,9 +45,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import random
-import resource
 import shutil
 import tempfile
 import time
@@ -62,7 +70,8 @@ logger = logging.getLogger(__name__)
 
 TARGETS = ("blocks", "attention", "mlp")
 CHECKPOINTS = "checkpoints"
-RSS_MEASURE = "ru_maxrss: the process's peak resident set size (getrusage, RUSAGE_SELF)"
+RSS_MEASURE = ("peak_rss_mib: the process's peak resident set size at the end of the fit (getrusage ru_maxrss); "
+               "rss_growth_mib: how far the fit raised it (0 when the fit stayed below an earlier peak)")
 
 
 @dataclass
@@ -144,10 +153,16 @@ def prompt_of(fmt: ChatFormat, message: str) -> Any:
 
 
 def reply_of(fmt: ChatFormat, reply: str) -> Any:
-    """An assistant turn, matching `prompt_of`; plain text gets the leading space `ChatFormat` gives replies."""
-    if fmt.resolved_mode == "template":
-        return [{"role": "assistant", "content": reply}]
-    return f" {reply}" if fmt.resolved_mode == "plain" and not reply.startswith((" ", "\n")) else reply
+    """An assistant turn, matching `prompt_of`, without surrounding whitespace (plain text: one leading space).
+
+    Most of SafeEdit's unsafe generations start with "\n\n". After a template's "assistant\n" that
+    merges into different tokens ("\n\n" + "\n" instead of "\n" + "\n\n"), so the tokenized prompt
+    would no longer be a prefix of prompt + reply and TRL would cut the prompt's last token off.
+    """
+    mode = fmt.resolved_mode
+    if mode == "template":
+        return [{"role": "assistant", "content": reply.strip()}]
+    return f" {reply.strip()}" if mode == "plain" else reply
 
 
 def field_text(item: Any, attribute: str, field_name: str) -> str:
@@ -218,7 +233,12 @@ def checkpoint_folder(work_dir: Path | None) -> Iterator[tuple[Path, bool]]:
     shutil.rmtree(folder, ignore_errors=True)  # not reached when training raised: the checkpoints stay
 
 
-def peak_rss_mib() -> float:
+def peak_rss_mib() -> float | None:
+    """The process's peak resident set size so far (MiB); None where getrusage does not exist (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -319,30 +339,43 @@ class TRLMethod(EditMethod):
         if not train_items:
             raise DetoxeditError(f"method {self.name!r} trains on SafeEdit training items: give them with --train FILE")
         require_training_packages(self.name)
+        fmt = ChatFormat(tokenizer, self.config.chat_format)
+        rows = self.rows(fmt, train_items)
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start, rss_before = time.perf_counter(), peak_rss_mib()
+        with preserved_rng(), checkpoint_folder(self.work_dir) as (folder, resumable):
+            deltas, record = self._train(model, tokenizer, rows, folder, resumable)
+        gc.collect()  # the trained copy and the trainer hold reference cycles; free them before generation
+        peak = peak_rss_mib()
+        growth = peak - rss_before if peak is not None and rss_before is not None else None
+        record |= {"seconds": time.perf_counter() - start, "peak_rss_mib": peak, "rss_growth_mib": growth,
+                   "memory_measure": RSS_MEASURE, "chat_format": fmt.resolved_mode}
+        if on_cuda:
+            record["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        losses = [entry["loss"] for entry in record["log_history"]]
+        return Edit(deltas=deltas, losses=losses, info=record)
+
+    def _train(self, model: nn.Module, tokenizer: Any, rows: list[dict[str, Any]], folder: Path,
+               resumable: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """One trainer on a copy of the model and tokenizer, resumed from `folder` if it holds a checkpoint."""
         from datasets import Dataset
 
         cfg: TrainConfig = self.config
-        fmt = ChatFormat(tokenizer, cfg.chat_format)
-        rows = self.rows(fmt, train_items)
-        start, rss_before = time.perf_counter(), peak_rss_mib()
-        with preserved_rng(), checkpoint_folder(self.work_dir) as (folder, resumable):
-            copied = copy.deepcopy(model)
-            if not cfg.lora:
-                copied.requires_grad_(True)
-            peft_config = lora_config(model, cfg) if cfg.lora else None
-            trainer = self.make_trainer(copied, copy.deepcopy(tokenizer), Dataset.from_list(rows), folder, resumable,
-                                        peft_config)
-            began = self._install_callbacks(trainer)
-            resume = resumable and _last_checkpoint(folder) is not None
-            output = trainer.train(resume_from_checkpoint=True if resume else None)
-            trained = trainer.accelerator.unwrap_model(trainer.model)
-            deltas = lora_deltas(trained) if cfg.lora else full_deltas(model, trained)
-            trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-            record = self._record(trainer, output, began.step, len(train_items), trainable, model, fmt)
-        record |= {"seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib(),
-                   "rss_growth_mib": peak_rss_mib() - rss_before, "memory_measure": RSS_MEASURE}
-        losses = [float(entry["loss"]) for entry in record["log_history"] if "loss" in entry]
-        return Edit(deltas=deltas, losses=losses, info=record)
+        copied = copy.deepcopy(model)
+        if not cfg.lora:
+            copied.requires_grad_(True)
+        peft_config = lora_config(model, cfg) if cfg.lora else None
+        trainer = self.make_trainer(copied, copy.deepcopy(tokenizer), Dataset.from_list(rows), folder, resumable,
+                                    peft_config)
+        began = self._install_callbacks(trainer)
+        resume = resumable and _last_checkpoint(folder) is not None
+        output = trainer.train(resume_from_checkpoint=True if resume else None)
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        deltas = lora_deltas(trained) if cfg.lora else full_deltas(model, trained)
+        trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        return deltas, self._record(trainer, output, began.step, len(rows), trainable, model)
 
     def _install_callbacks(self, trainer: Any) -> Any:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -357,7 +390,7 @@ class TRLMethod(EditMethod):
         return began
 
     def _record(self, trainer: Any, output: Any, start_step: int | None, n_items: int, trainable: int,
-                model: nn.Module, fmt: ChatFormat) -> dict[str, Any]:
+                model: nn.Module) -> dict[str, Any]:
         """Edit.info: what was trained, on what, for how long, and how it went (the cost goes in a report)."""
         import peft
         import trl
@@ -378,7 +411,7 @@ class TRLMethod(EditMethod):
             "train_examples": examples, "steps": state.global_step, "epochs_run": state.epoch,
             "resumed_from_step": start_step or None, "steps_this_call": state.global_step - (start_step or 0),
             "final_loss": log[-1]["loss"] if log else None, "mean_loss_this_call": output.training_loss,
-            "chat_format": fmt.resolved_mode, "reference": self.reference(), "log_history": log,
+            "reference": self.reference(), "log_history": log,
         }
 
 
