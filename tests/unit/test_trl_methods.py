@@ -20,6 +20,7 @@ from detoxedit.methods._tuning import encode_example
 from detoxedit.methods.base import GLOBAL, weight_checksum
 from detoxedit.models import ChatFormat, generate_ids, get_adapter, load_model
 from detoxedit.persist import save_edited_model
+from detoxedit.report import COST_KEYS
 from detoxedit.runner import run_protocol
 
 pytest.importorskip("trl")
@@ -102,10 +103,10 @@ def test_fit_writes_only_what_it_declares_and_leaves_the_model_bit_identical(nam
         assert delta.abs().max() > 0
     info = edit.info
     assert info["steps"] == info["steps_this_call"] == FAST["max_steps"] == len(edit.losses)
-    assert info["train_items"] == info["train_examples"] == 2 and info["final_loss"] == edit.losses[-1]
-    assert 0 < info["trainable_params"] <= info["total_params"] == sum(p.numel() for p in model.parameters())
-    assert (info["trainable_params"] < info["total_params"]) == lora
-    assert info["seconds"] > 0 and info["peak_rss_mib"] > 0 and info["resumed_from_step"] is None
+    assert info["train_items"] == info["examples"] == 2 and info["final_loss"] == edit.losses[-1]
+    assert 0 < info["trainable_parameters"] <= info["total_parameters"] == sum(p.numel() for p in model.parameters())
+    assert (info["trainable_parameters"] < info["total_parameters"]) == lora
+    assert info["seconds"] > 0 and info["peak_rss_mb"] > 0 and info["resumed_from_step"] is None
     json.dumps(info)  # the runner stores it as JSON
 
 
@@ -268,3 +269,5 @@ def test_a_run_fits_once_and_evaluates_every_item(name, lora, tmp_path, monkeypa
     assert info["method"] == name and info["lora"] == lora and info["steps"] == FAST["max_steps"]
     edited = [r for r in read_jsonl(out / "generations.jsonl") if r["variant"] == "edited"]
     assert len(edited) == 5 * 3
+    fit = json.loads((out / "metrics.json").read_text())["fit"]  # the training cost Table 3 reports
+    assert {key for key, _, _ in COST_KEYS} <= set(fit) and fit["examples"] == 2

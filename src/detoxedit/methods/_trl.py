@@ -70,8 +70,8 @@ logger = logging.getLogger(__name__)
 
 TARGETS = ("blocks", "attention", "mlp")
 CHECKPOINTS = "checkpoints"
-RSS_MEASURE = ("peak_rss_mib: the process's peak resident set size at the end of the fit (getrusage ru_maxrss); "
-               "rss_growth_mib: how far the fit raised it (0 when the fit stayed below an earlier peak)")
+RSS_MEASURE = ("peak_rss_mb: the process's peak resident set size at the end of the fit (getrusage ru_maxrss); "
+               "rss_growth_mb: how far the fit raised it (0 when the fit stayed below an earlier peak)")
 
 
 @dataclass
@@ -233,13 +233,13 @@ def checkpoint_folder(work_dir: Path | None) -> Iterator[tuple[Path, bool]]:
     shutil.rmtree(folder, ignore_errors=True)  # not reached when training raised: the checkpoints stay
 
 
-def peak_rss_mib() -> float | None:
-    """The process's peak resident set size so far (MiB); None where getrusage does not exist (Windows)."""
+def peak_rss_mb() -> float | None:
+    """The process's peak resident set size so far (MB, 10^6 bytes); None where getrusage does not exist (Windows)."""
     try:
         import resource
     except ImportError:
         return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB on Linux
 
 
 def quiet(trainer_cls: type) -> type:
@@ -344,16 +344,16 @@ class TRLMethod(EditMethod):
         on_cuda = next(model.parameters()).device.type == "cuda"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats()
-        start, rss_before = time.perf_counter(), peak_rss_mib()
+        start, rss_before = time.perf_counter(), peak_rss_mb()
         with preserved_rng(), checkpoint_folder(self.work_dir) as (folder, resumable):
             deltas, record = self._train(model, tokenizer, rows, folder, resumable)
         gc.collect()  # the trained copy and the trainer hold reference cycles; free them before generation
-        peak = peak_rss_mib()
+        peak = peak_rss_mb()
         growth = peak - rss_before if peak is not None and rss_before is not None else None
-        record |= {"seconds": time.perf_counter() - start, "peak_rss_mib": peak, "rss_growth_mib": growth,
+        record |= {"seconds": time.perf_counter() - start, "peak_rss_mb": peak, "rss_growth_mb": growth,
                    "memory_measure": RSS_MEASURE, "chat_format": fmt.resolved_mode}
         if on_cuda:
-            record["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            record["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 1e6
         losses = [entry["loss"] for entry in record["log_history"]]
         return Edit(deltas=deltas, losses=losses, info=record)
 
@@ -406,9 +406,9 @@ class TRLMethod(EditMethod):
         return {
             "method": self.name, "trainer": f"trl.{self.trainer_name}", "trl_version": trl.__version__,
             "peft_version": peft.__version__, "lora": cfg.lora, "target": cfg.target if cfg.lora else "all",
-            "trained_tensors": len(self.writes(model)), "trainable_params": trainable,
-            "total_params": sum(p.numel() for p in model.parameters()), "train_items": n_items,
-            "train_examples": examples, "steps": state.global_step, "epochs_run": state.epoch,
+            "trained_tensors": len(self.writes(model)), "trainable_parameters": trainable,
+            "total_parameters": sum(p.numel() for p in model.parameters()), "train_items": n_items,
+            "examples": examples, "steps": state.global_step, "epochs_run": state.epoch,
             "resumed_from_step": start_step or None, "steps_this_call": state.global_step - (start_step or 0),
             "final_loss": log[-1]["loss"] if log else None, "mean_loss_this_call": output.training_loss,
             "reference": self.reference(), "log_history": log,
