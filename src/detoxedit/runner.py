@@ -197,8 +197,11 @@ class Runner:
         """A global method's training cost (its fitted edit's scalar info: wall time, memory, parameters)."""
         if self.method.scope != GLOBAL or not self.method.changes_model:
             return {}
-        info = self._fitted().info
-        return {"fit": {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool)) or v is None}}
+        edit = self._fitted()
+        scalars = {k: v for k, v in edit.info.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        changes = edit.relative_change(self.model).values()
+        return {"fit": scalars | {"layer": edit.layer, "losses": [float(x) for x in edit.losses],
+                                  "max_relative_change": max(changes, default=0.0)}}
 
     def _truncation(self, items: list[SafeEditItem]) -> dict[str, int]:
         """How many distinct SafeEdit inputs were cut to max_input_tokens (logged once at the end of a run)."""
@@ -401,11 +404,15 @@ class Runner:
             _generation_record(item, "edited", kind, item.inputs()[kind], reply, score, label)
             for (kind, reply), score, label in zip(replies.items(), scores, labels)
         )
+        if self.method.scope == GLOBAL:  # one edit for every item: its record lives once, in metrics.json "fit"
+            record = {"layer": edit.layer, "losses": [], "relative_change": {}, "info": {"fitted_edit": True}}
+        else:
+            record = {"layer": edit.layer, "losses": [float(x) for x in edit.losses],
+                      "relative_change": edit.relative_change(self.model), "info": edit.info}
         self.items_log.append([{
-            "item_id": item.id, "category": item.unsafety_category, "attack_name": item.attack_name,
-            "layer": edit.layer, "losses": [float(x) for x in edit.losses],
-            "relative_change": edit.relative_change(self.model), "time_s": timing, "batch_size": batch_size,
-            "system_prompt": edit.system_prompt, "user_suffix": edit.user_suffix, "info": edit.info,
+            "item_id": item.id, "category": item.unsafety_category, "attack_name": item.attack_name, **record,
+            "time_s": timing, "batch_size": batch_size, "system_prompt": edit.system_prompt,
+            "user_suffix": edit.user_suffix,
         }])
         self._pending_path(item).unlink(missing_ok=True)
 
