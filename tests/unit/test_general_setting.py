@@ -6,20 +6,19 @@ import json
 import statistics
 
 import pytest
-from tiny import tiny_model, tiny_tokenizer
+from tiny import safeedit_json, tiny_model, tiny_tokenizer
 
 from detoxedit.cli import main
 from detoxedit.evaluation.records import read_jsonl
 from detoxedit.models import get_adapter
-from test_reliability_runs import item_json
 
 
 @pytest.fixture()
 def files(tmp_path, monkeypatch):
     monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
     test, train = tmp_path / "test.json", tmp_path / "train.json"
-    test.write_text(json.dumps([item_json(i) for i in range(3)]), encoding="utf-8")
-    train.write_text(json.dumps([item_json(i) for i in range(100, 105)]), encoding="utf-8")
+    test.write_text(json.dumps([safeedit_json(i) for i in range(3)]), encoding="utf-8")
+    train.write_text(json.dumps([safeedit_json(i) for i in range(100, 105)]), encoding="utf-8")
     model = tiny_model("llama")
     get_adapter(model).final_norm.weight.data.mul_(8.0)
     model.save_pretrained(tmp_path / "model")
