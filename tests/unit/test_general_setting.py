@@ -106,3 +106,23 @@ def test_a_prompt_side_run_has_no_model_to_save(files, tmp_path, capsys):
                "refusal", "--max-new-tokens", 4, "--out", run) == 0
     assert cli("apply-delta", "--model", model, "--delta", run, "--save", tmp_path / "saved") == 2
     assert "changes no weights" in capsys.readouterr().err
+
+
+def test_the_general_demo_fits_each_method_on_the_builtin_train_split():
+    from detoxedit.data import load_safeedit
+    from detoxedit.data.builtin import benchmark_path
+    from detoxedit.data.overlap import find_overlaps
+    from detoxedit.demo import GENERAL_METHODS, DemoSettings, general_configs
+
+    configs = general_configs(DemoSettings())
+    assert [c.method for c in configs] == list(GENERAL_METHODS)
+    assert {c.train for c in configs} == {str(benchmark_path("train"))}
+    assert {c.data for c in configs} == {str(benchmark_path("test"))}
+    dinm = next(c for c in configs if c.method == "dinm-global")
+    assert dinm.method_config["instances"] == 1 and dinm.method_config["lr"] == 5e-3  # the preset's tuned DINM
+    assert not find_overlaps(load_safeedit(benchmark_path("test")), load_safeedit(benchmark_path("train")))
+
+
+def test_an_unknown_demo_setting_is_one_line(capsys):
+    assert cli("demo", "--setting", "everything") == 2
+    assert "--setting must be per-item or general" in capsys.readouterr().err
