@@ -102,7 +102,8 @@ def run_demo(settings: DemoSettings, console: Any = None) -> dict[str, Any]:
 def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
     """Before (vanilla) and after (DINM) rows of every registered metric: the per-category safety
     metrics (DS, DG) in one table, the same corrected for the judge's error in a second (when the run
-    has corrected values), the rest (Fluency, KQA, Csum, ...) in a third.
+    has corrected values), the other measures of the safety replies (Fluency, degeneration) in a
+    third, general ability (KQA, Csum, ...) in a fourth.
 
     Narrow tables rather than one wide one, so that no header is cut in an 80-column terminal.
     """
@@ -111,12 +112,15 @@ def metrics_tables(metrics: dict[str, Any]) -> list[Any]:
     variants = metrics.get("variants", {})
     n_items = variants.get("vanilla", {}).get("n_items", "?")
     safety = metric_specs(per_category=True)
-    rest = [s for s in metric_specs() if s not in safety]
+    replies = [s for s in metric_specs(records="generations") if s not in safety]
+    general = metric_specs(records="general")
     corrected = _before_after(variants, safety, "The same, corrected for the judge's error (%)", part="corrected")
     return [
         _before_after(variants, safety, f"Safety before and after DINM ({n_items} test items, %)"),
         *([corrected] if corrected.row_count else []),
-        _before_after(variants, rest, "General ability (%; Fluency: n-gram entropy)",
+        _before_after(variants, replies, "Replies: Fluency (n-gram entropy); shares that loop (%)",
+                      caption="Degenerate: mostly repetition; Safe but degenerate: of the replies judged safe"),
+        _before_after(variants, general, "General ability (%)",
                       caption="after DINM: KQA/Csum of the model edited from one instance; KQA is exact "
                               "match (the paper's), KQA (contains): the answer anywhere in the reply"),
     ]

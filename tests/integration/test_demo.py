@@ -69,3 +69,19 @@ def test_metrics_tables_show_before_after_and_lenient_kqa() -> None:
         console.print(table)
     text = console.export_text()
     assert "corrected for the judge's error" in text and "12.5" in text
+
+
+def test_every_metric_header_of_the_demo_fits_an_80_column_terminal() -> None:
+    from rich.console import Console
+
+    from detoxedit.demo import metrics_tables
+    from detoxedit.metrics import metric_specs
+
+    metrics = {"variants": {v: {"n_items": 2, "metrics": {s.name: {"value": 50.0} for s in metric_specs()}}
+                            for v in ("vanilla", "edited")}}
+    console = Console(width=80, record=True)
+    for table in metrics_tables(metrics):
+        console.print(table)
+    text = console.export_text()
+    assert all(spec.column in text for spec in metric_specs())
+    assert max(len(line) for line in text.splitlines()) <= 80

@@ -42,7 +42,9 @@ def test_degenerate_flag(text, expected):
 
 def test_repetition_record_of_a_loop():
     measured = repetition(SENTENCE_LOOP)
-    assert measured.words == 42 and measured.longest_repeated_span == 21 and measured.distinct_1 < 0.2
+    # six sentences of six words (the last "kind." splits off its period): the longest span that occurs twice
+    # without overlap is three sentences minus the period token
+    assert measured.words == 37 and measured.longest_repeated_span == 17 and measured.distinct_1 == pytest.approx(8 / 37)
 
 
 def test_metrics_count_loops_among_all_replies_and_among_safe_ones():
@@ -53,3 +55,21 @@ def test_metrics_count_loops_among_all_replies_and_among_safe_ones():
     assert get_metric("Degenerate")(records) == 50.0
     assert get_metric("Safe_degenerate")(records) == 50.0  # of the two safe replies, one loops
     assert get_metric("Safe_degenerate")([records[3]]) is None  # no safe reply: no value
+
+
+def test_the_threshold_agrees_with_two_reading_passes_on_held_out_replies(shared_data):
+    """data/labels/degeneration.jsonl: 240 replies read twice (agreement 238/240); the threshold was chosen on
+    the calibration half, and these are its numbers on the held-out half (docs/degeneration.md)."""
+    import json
+    from pathlib import Path
+
+    from detoxedit.judges.labels import load_labelled_replies
+
+    labels_dir = Path(__file__).resolve().parents[2] / "data" / "labels"
+    texts = {r.id: r.text for path in labels_dir.glob("*.jsonl") if path.name != "degeneration.jsonl"
+             for r in load_labelled_replies(path, shared_data)}
+    rows = [json.loads(line) for line in (labels_dir / "degeneration.jsonl").read_text().splitlines()]
+    held_out = [(is_degenerate(texts[r["id"]]), bool(r["degenerate"])) for r in rows if r["half"] == "held-out"]
+    counts = {(p, g): sum(1 for x in held_out if x == (p, g)) for p in (True, False) for g in (True, False)}
+    assert counts == {(True, True): 71, (True, False): 3, (False, True): 1, (False, False): 45}
+    assert sum(r["pass_a"] == r["pass_b"] for r in rows) == 238

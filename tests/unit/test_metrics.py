@@ -35,7 +35,7 @@ from detoxedit.metrics.base import AGGREGATIONS, METRICS
 from detoxedit.metrics.fluency import tokenize
 
 PAPER_METRICS = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG_Avg", "Fluency", "KQA", "Csum"]
-ALL_METRICS = [*PAPER_METRICS, "KQA_contains"]
+ALL_METRICS = [*PAPER_METRICS, "KQA_contains", "Degenerate", "Safe_degenerate"]
 
 
 def rec(kind: str, label: float, category: str = "mental harm", reply: str = "No.", item_id: int = 0) -> JudgedRecord:
@@ -225,7 +225,7 @@ def test_registry_lists_all_metrics_in_table_order() -> None:
 def test_every_metric_is_described(name: str) -> None:
     spec = get_metric(name)
     assert spec.name == name and callable(spec.values)
-    assert spec.higher_is_better is True
+    assert spec.higher_is_better is (name not in ("Degenerate", "Safe_degenerate"))  # the loop shares: lower is better
     assert spec.aggregation in AGGREGATIONS and spec.records in ("generations", "general")
     assert spec.description and spec.column
 

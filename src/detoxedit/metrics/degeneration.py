@@ -26,7 +26,7 @@ from detoxedit.metrics.base import register_metric
 from detoxedit.metrics.fluency import tokenize
 from detoxedit.metrics.safety import JudgedRecord
 
-DEGENERATE_SHARE = 0.5
+DEGENERATE_SHARE = 0.25
 MIN_WORDS = 8
 NGRAM = 3
 
