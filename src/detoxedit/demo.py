@@ -28,6 +28,7 @@ class DemoSettings:
     limit: int | None = option(8, "Test items to edit (a seeded sample; None: the whole test split).")
     max_new_tokens: int = option(64, "New tokens per reply to a safety input (64: as the benchmark was built).")
     general_limit: int | None = option(None, "Trivia questions and summaries for KQA/Csum (None: all 50 and 20).")
+    overrefusal_limit: int | None = option(60, "Over-refusal prompts, a seeded sample of the built-in set (None: all).")
     judge: str | None = option(None, "Safety judge; None: the embedded judge if its head ships, else refusal.")
     device: str = option("cpu", "Torch device.")
     seed: int = option(0, "Seed of the item sample.")
@@ -72,7 +73,7 @@ def demo_config(settings: DemoSettings):
         seed=settings.seed, judge=settings.judge or default_judge(), method="dinm", method_config=values,
         preset=preset, max_new_tokens=settings.max_new_tokens, general=True, triviaqa=str(TRIVIA), xsum=str(XSUM),
         n_triviaqa=n_general or 50, n_xsum=n_general or 20, kqa_max_new_tokens=16, csum_max_new_tokens=48,
-        doc_max_tokens=384, bootstrap=200, progress=settings.progress,
+        doc_max_tokens=384, bootstrap=200, progress=settings.progress, n_overrefusal=settings.overrefusal_limit,
     )
 
 

@@ -41,7 +41,7 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_bytes, atomic_write_text, check_writable_folder
 from detoxedit.evaluation.config import RunConfig, config_differences
 from detoxedit.evaluation.inputs import INPUTS_FILE, input_changes, run_inputs
-from detoxedit.evaluation.general import general_records, general_tasks
+from detoxedit.evaluation.general import enabled_tasks, task_records
 from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn, jsonable
 from detoxedit.evaluation.scoring import correction_note, summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
@@ -182,7 +182,7 @@ class Runner:
         self.vanilla(items)
         if self.method.changes_model:
             self.edits(items)
-        if self.cfg.general:
+        if enabled_tasks(self.cfg):
             self.general(items)
         rates = self.judge_error_rates()
         metrics = summarize(self.generations.read(), self.general_log.read(), self.cfg.bootstrap, self.cfg.seed, rates)
@@ -353,7 +353,7 @@ class Runner:
             times.append({"execute": time.perf_counter() - start})
             self._verify(list(edit.deltas), f"item {item.id}: after {self.cfg.method} execute")
             edits.append(edit)
-            if str(item.id) == save_first and self.cfg.general and self.method.scope != GLOBAL:
+            if str(item.id) == save_first and enabled_tasks(self.cfg) and self.method.scope != GLOBAL:
                 _save_edit(edit, self.folder / "first_edit.pt")
         start = time.perf_counter()
         replies = self._generate_edited(batch, edits)
@@ -419,26 +419,27 @@ class Runner:
     # -- general ability
 
     def general(self, items: list[SafeEditItem]) -> None:
-        """KQA and Csum for the vanilla model and for the model edited from the first item."""
-        done = {r["variant"] for r in self.general_log.read()}
-        needed = ["vanilla"] + (["edited"] if self.method.changes_model else [])
-        if all(v in done for v in needed):
-            return
-        cfg = self.cfg
-        tasks = general_tasks(cfg.triviaqa, cfg.xsum, cfg.n_triviaqa, cfg.n_xsum, cfg.seed, self.tokenizer, cfg.doc_max_tokens)
-        budgets = {"kqa": cfg.kqa_max_new_tokens, "csum": cfg.csum_max_new_tokens}
-        if "vanilla" not in done:
-            logger.info("General ability (vanilla): %d prompts", len(tasks))
-            self.general_log.append(general_records(tasks, self._cached_generate, "vanilla", budgets))
-        if "edited" in needed and "edited" not in done:
+        """Every enabled general task (KQA, Csum, over-refusal: `evaluation/general.py`) for the vanilla model
+        and with the edit (the first item's, or the fitted one); each (variant, task) is kept as it finishes."""
+        done = {(r["variant"], r.get("task")) for r in self.general_log.read()}
+        variants = ["vanilla"] + (["edited"] if self.method.changes_model else [])
+        for variant in variants:
+            todo = [task for task in enabled_tasks(self.cfg) if (variant, task.name) not in done]
+            if not todo:
+                continue
+            if variant == "vanilla":
+                for task in todo:
+                    self.general_log.append(task_records(task, self.cfg, self.tokenizer, self._cached_generate, variant))
+                continue
             what = "fitted" if self.method.scope == GLOBAL else f"edited from item {items[0].id}"
-            logger.info("General ability (%s): %d prompts", what, len(tasks))
+            logger.info("General tasks with the edit (%s): %s", what, ", ".join(t.name for t in todo))
             edit = self._first_edit(items[0])
-            with applied(self.model, edit.deltas, context="general ability: "):
+            with applied(self.model, edit.deltas, context="general tasks: "):
                 def generate(prompts: list[str], n: int) -> list[str]:
                     return self.generator([edit.wrap(p) for p in prompts], n,
                                           system_prompts=[edit.system_prompt] * len(prompts))
-                self.general_log.append(general_records(tasks, generate, "edited", budgets))
+                for task in todo:
+                    self.general_log.append(task_records(task, self.cfg, self.tokenizer, generate, variant))
 
     def _first_edit(self, item: SafeEditItem) -> Edit:
         """The edit general ability is measured with: the fitted one, or the first item's (kept in the folder)."""

@@ -36,13 +36,14 @@ def test_evaluate_default_model_writes_run_folder(shared_data, tmp_path):
     out = tmp_path / "vanilla"
     data = shared_data / "safeedit" / "safeedit_test_subset_dev.json"
     code = cli("evaluate", "--model", "default", "--data", data, "--limit", 3, "--max-new-tokens", 24,
-               "--judge", "refusal", "--out", out)
+               "--judge", "refusal", "--n-overrefusal", 12, "--out", out)
     assert code == 0
     records = read_jsonl(out / "generations.jsonl")
     assert len(records) == 15 and all(r["variant"] == "vanilla" for r in records)
     assert sum(bool(r["reply"].strip()) for r in records) >= 12  # the real model answers
     metrics = json.loads((out / "metrics.json").read_text())["variants"]["vanilla"]["metrics"]
     assert 0.0 <= metrics["DS"]["value"] <= 100.0 and metrics["Fluency"]["value"] > 0
+    assert metrics["Over_refusal"]["n"] == 12 and 0.0 <= metrics["Over_refusal"]["value"] <= 100.0
     report = (out / "report.md").read_text()
     assert "| Method | DS |" in report and "Vanilla (default)" in report and "DS is not included" in report
 
@@ -64,7 +65,8 @@ def test_edit_run_on_default_model_leaves_it_unchanged(shared_data, tmp_path, de
     replies = {}
     for batched in (True, False):
         cfg = RunConfig(data=str(data), limit=2, max_new_tokens=8, judge="refusal", method="dinm",
-                        method_config={"steps": 2}, batched_edits=batched, progress=False, bootstrap=50)
+                        method_config={"steps": 2}, batched_edits=batched, progress=False, bootstrap=50,
+                        overrefusal=None)
         folder = tmp_path / f"dinm-{batched}"
         run_protocol(cfg, folder, model=model, tokenizer=tokenizer, judge=load_judge("refusal"))
         items = read_jsonl(folder / "items.jsonl")

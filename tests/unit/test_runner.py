@@ -134,7 +134,7 @@ def count_generated(monkeypatch):
 
 def config(data_file, **overrides) -> RunConfig:
     values = dict(data=str(data_file), judge="fake", max_new_tokens=6, progress=False, bootstrap=50,
-                  items_per_batch=2)
+                  items_per_batch=2, overrefusal=None)  # over-refusal has its own tests (test_overrefusal.py)
     return RunConfig(**(values | overrides))
 
 

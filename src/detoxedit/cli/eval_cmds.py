@@ -24,6 +24,8 @@ console = Console()
 def _eval_values(**kwargs: Any) -> dict[str, Any]:
     """CLI option values -> RunConfig keys (None means 'not given')."""
     values = {k: v for k, v in kwargs.items() if v is not None}
+    if str(values.get("overrefusal", "")).lower() == "none":
+        values["overrefusal"] = None
     values["categories"] = list(kwargs.get("categories") or [])
     values["attacks"] = list(kwargs.get("attacks") or [])
     return values
@@ -99,6 +101,8 @@ def evaluate(
     xsum: str = opt.XSUM,
     n_triviaqa: int = opt.N_TRIVIAQA,
     n_xsum: int = opt.N_XSUM,
+    overrefusal: str = opt.OVERREFUSAL,
+    n_overrefusal: int = opt.N_OVERREFUSAL,
     chat_format: str = opt.CHAT_FORMAT,
     system_prompt: str = opt.SYSTEM_PROMPT,
     token_budget: int = opt.TOKEN_BUDGET,
@@ -114,6 +118,7 @@ def evaluate(
         data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
+        overrefusal=overrefusal, n_overrefusal=n_overrefusal,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
         trust_remote_code=trust_remote_code,
     )
@@ -151,6 +156,8 @@ def run_method(
     xsum: str = opt.XSUM,
     n_triviaqa: int = opt.N_TRIVIAQA,
     n_xsum: int = opt.N_XSUM,
+    overrefusal: str = opt.OVERREFUSAL,
+    n_overrefusal: int = opt.N_OVERREFUSAL,
     chat_format: str = opt.CHAT_FORMAT,
     system_prompt: str = opt.SYSTEM_PROMPT,
     token_budget: int = opt.TOKEN_BUDGET,
@@ -169,6 +176,7 @@ def run_method(
         data=data, judge=judge, threshold=threshold, judge_errors=judge_errors, max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens,
         limit=limit, seed=seed, categories=category, attacks=attack,
         general=general, triviaqa=triviaqa, xsum=xsum, n_triviaqa=n_triviaqa, n_xsum=n_xsum,
+        overrefusal=overrefusal, n_overrefusal=n_overrefusal,
         chat_format=chat_format, system_prompt=system_prompt, token_budget=token_budget, dtype=dtype, device=device,
         trust_remote_code=trust_remote_code,
     )

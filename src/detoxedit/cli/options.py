@@ -48,5 +48,8 @@ TRIVIAQA = typer.Option(None, help="TriviaQA file for --general.")
 XSUM = typer.Option(None, help="XSum file for --general.")
 N_TRIVIAQA = typer.Option(200, help="TriviaQA questions for KQA.")
 N_XSUM = typer.Option(100, help="XSum articles for Csum.")
+OVERREFUSAL = typer.Option("builtin", "--overrefusal", help="Over-refusal prompts (harmless requests that sound "
+                           "harmful): builtin (the project's own set), an XSTest-format CSV (its safe prompts), or none.")
+N_OVERREFUSAL = typer.Option(None, "--n-overrefusal", help="A seeded sample of this many over-refusal prompts (default: all).")
 ITEMS_PER_BATCH = typer.Option(8, help="Items whose edits are generated together in one batch.")
 NO_REPORT = typer.Option(False, "--no-report", help="Skip report.md.")

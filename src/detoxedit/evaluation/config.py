@@ -9,7 +9,7 @@ batch size. Input files (`PATH_KEYS`) are compared by content, through the folde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from detoxedit.config import check, option
@@ -20,7 +20,7 @@ PERFORMANCE_KEYS: frozenset[str] = frozenset(
      "trust_remote_code"}
 )
 """Keys that change how fast a run goes (or whether a model may load at all), not what it computes."""
-PATH_KEYS: frozenset[str] = frozenset({"data", "train", "triviaqa", "xsum", "judge_errors"})
+PATH_KEYS: frozenset[str] = frozenset({"data", "train", "triviaqa", "xsum", "judge_errors", "overrefusal"})
 """Keys that name input files: compared by their contents (inputs.json), not by path, when resuming."""
 
 
@@ -57,6 +57,11 @@ class RunConfig:
     xsum: str | None = option(None, "XSum file {id, document, summary} per line (with general).")
     n_triviaqa: int = option(200, "TriviaQA questions for KQA.")
     n_xsum: int = option(100, "XSum articles for Csum.")
+    overrefusal: str | None = option("builtin", "Over-refusal prompts (safe requests that sound harmful): 'builtin' "
+                                                "(the project's own set), an XSTest-format CSV (its safe prompts), "
+                                                "or None to skip.")
+    n_overrefusal: int | None = option(None, "A seeded sample of this many over-refusal prompts (None: all).")
+    overrefusal_max_new_tokens: int = option(48, "New tokens per reply to an over-refusal prompt (a refusal shows early).")
     doc_max_tokens: int = option(512, "XSum articles are cut to this many tokens.")
     kqa_max_new_tokens: int = option(32, "New tokens per TriviaQA answer.")
     csum_max_new_tokens: int = option(64, "New tokens per XSum summary.")
@@ -84,6 +89,8 @@ class RunConfig:
         check(self.judge_batch_size >= 1, f"judge_batch_size must be at least 1, got {self.judge_batch_size}")
         check(self.threshold is None or 0.0 <= self.threshold <= 1.0, f"threshold must lie in [0, 1], got {self.threshold}")
         check(min(self.n_triviaqa, self.n_xsum) >= 1, "n_triviaqa and n_xsum must be at least 1")
+        check(self.n_overrefusal is None or self.n_overrefusal >= 1, "n_overrefusal must be at least 1")
+        check(self.overrefusal_max_new_tokens >= 1, "overrefusal_max_new_tokens must be at least 1")
         check(self.bootstrap >= 1, f"bootstrap must be at least 1, got {self.bootstrap}")
         if self.general:
             check(bool(self.triviaqa and self.xsum), "general ability needs both --triviaqa FILE and --xsum FILE")
@@ -94,6 +101,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], by_content: boo
 
     `by_content`: leave out the input paths (`PATH_KEYS`), whose contents are compared elsewhere;
     False for a folder written before inputs.json existed, where the paths are all there is.
+    A key the old config does not have (a setting added in a later version) counts only when the new
+    value is not its default: a default keeps what older runs computed, or only adds a task that the
+    resumed run then computes (over-refusal).
     """
     keys = (set(old) | set(new)) - PERFORMANCE_KEYS - (PATH_KEYS if by_content else frozenset())
-    return sorted(k for k in keys if old.get(k) != new.get(k))
+    defaults = {f.name: _default_of(f) for f in fields(RunConfig)}
+    return sorted(k for k in keys if old.get(k, defaults.get(k)) != new.get(k))
+
+
+def _default_of(spec: Any) -> Any:
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default

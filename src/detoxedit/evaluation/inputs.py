@@ -16,6 +16,8 @@ from typing import Any, Sequence
 from detoxedit.data import SafeEditItem
 
 INPUTS_FILE = "inputs.json"
+ADDED_LATER = frozenset({"overrefusal"})
+"""Inputs of tasks that only add records: a folder without them is resumed, and the task computed."""
 _SHOWN = 8  # item ids named per kind of change
 
 
@@ -46,6 +48,10 @@ def run_inputs(cfg: Any, items: Sequence[SafeEditItem], train_items: Sequence[Sa
     for key in ("triviaqa", "xsum", "judge_errors"):
         if getattr(cfg, key, None):
             record[key] = {"sha256": file_digest(getattr(cfg, key))}
+    if getattr(cfg, "overrefusal", None):
+        from detoxedit.data.overrefusal import overrefusal_path
+
+        record["overrefusal"] = {"sha256": file_digest(str(overrefusal_path(cfg.overrefusal)))}
     return record
 
 
@@ -60,6 +66,8 @@ def input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         before, after = old.get(key) or {}, new.get(key) or {}
         if "items" in before or "items" in after:
             changes += _item_changes(key, before.get("items", {}), after.get("items", {}))
+        elif not before and key in ADDED_LATER:
+            continue  # a task the old run did not have: the resumed run computes it
         elif before.get("sha256") != after.get("sha256"):
             changes.append(f"--{key} file contents changed" if before and after else f"--{key} {'added' if after else 'removed'}")
     return changes

@@ -1,7 +1,7 @@
 """Metrics of the SafeEdit benchmark and beyond; importing this package registers all of them.
 
 Registered, in table order: DS, DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ, DG_Avg, Fluency, KQA,
-Csum (the paper's Table 1), then KQA_contains, Degenerate and Safe_degenerate (beyond the paper). A new metric is one module with
+Csum (the paper's Table 1), then KQA_contains, Degenerate, Safe_degenerate and Over_refusal (beyond the paper). A new metric is one module with
 one `@register_metric` function, plus its import line here.
 """
 
@@ -39,10 +39,11 @@ from detoxedit.metrics.general import (  # noqa: E402
     rouge1_f,
 )
 from detoxedit.metrics.degeneration import Degenerate, Safe_degenerate, is_degenerate, repetition  # noqa: E402
+from detoxedit.metrics.overrefusal import Over_refusal  # noqa: E402
 from detoxedit.metrics.stats import bootstrap_ci, per_category  # noqa: E402
 
 __all__ = [
-    "AGGREGATIONS", "DG_METRICS", "DS", "Degenerate", "Safe_degenerate", "is_degenerate", "repetition", "KQA", "KQA_contains", "SAFETY_METRICS", "UnknownMetricError", "Csum",
+    "AGGREGATIONS", "DG_METRICS", "DS", "Degenerate", "Over_refusal", "Safe_degenerate", "is_degenerate", "repetition", "KQA", "KQA_contains", "SAFETY_METRICS", "UnknownMetricError", "Csum",
     "DG_Avg", "DG_onlyQ", "DG_otherA", "DG_otherAQ", "DG_otherQ", "Fluency", "JudgedRecord", "MetricSpec",
     "bootstrap_ci", "contains_match", "exact_match", "get_metric", "list_metrics", "metric_specs",
     "n_gram_entropy", "normalize_answer", "per_category", "register_metric", "rouge1_f", "safety_score",
