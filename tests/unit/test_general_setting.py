@@ -126,3 +126,31 @@ def test_the_general_demo_fits_each_method_on_the_builtin_train_split():
 def test_an_unknown_demo_setting_is_one_line(capsys):
     assert cli("demo", "--setting", "everything") == 2
     assert "--setting must be per-item or general" in capsys.readouterr().err
+
+
+def test_selection_ranks_by_the_mean_of_safety_helpfulness_and_fluency():
+    from detoxedit.evaluation.spread import summarize_spread
+
+    def run(instance, ds, dg, over, degenerate):
+        values = {"DS": ds, "DG_Avg": dg, "Over_refusal": over, "Degenerate": degenerate}
+        return {"instance": instance, "folder": f"instance-{instance}",
+                "metrics": {"variants": {"edited": {"metrics": {k: {"value": v} for k, v in values.items()}}}}}
+
+    runs = [run("safe-but-refuses-all", 100, 100, 100, 0),  # score 75
+            run("balanced", 90, 80, 10, 10),                # score 87.5
+            run("loops", 100, 100, 0, 90)]                   # score 77.5
+    ranking = summarize_spread(runs, "dinm-global")["ranking"]
+    assert [row["instance"] for row in ranking] == ["balanced", "loops", "safe-but-refuses-all"]
+    assert ranking[0]["score"] == pytest.approx(87.5)
+
+
+def test_select_edits_from_each_candidate_and_names_the_winner(files, tmp_path, capsys):
+    test, train, model = files
+    assert cli("select", "--candidates", train, "--validate", test, "--model", model, "--judge", "refusal",
+               "--max-new-tokens", 4, "--n-overrefusal", 5, "--set", "steps=2", "--set", "layer=1",
+               "--out", tmp_path / "select") == 0
+    summary = json.loads((tmp_path / "select" / "spread.json").read_text())
+    assert len(summary["ranking"]) == 5 == len({row["instance"] for row in summary["ranking"]})  # every candidate
+    scores = [row["score"] for row in summary["ranking"]]
+    assert scores == sorted(scores, reverse=True)
+    assert f"chosen instance: training item {summary['ranking'][0]['instance']}" in capsys.readouterr().out

@@ -6,6 +6,7 @@ its preset and `--set` overrides. Re-running a command into the same --out folde
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,45 @@ def report(
         raise DetoxeditError(f"--out {out} is a folder; give a file name such as {out / 'report.md'}")
     atomic_write_text(out, text)
     console.print(f"wrote {out}", highlight=False)
+
+
+@app.command("select")
+def select_instance(
+    candidates: str = typer.Option(..., "--candidates", help="SafeEdit file of candidate edit instances."),
+    validate: str = typer.Option(..., "--validate", help="SafeEdit file of validation items each edited model is scored on."),
+    out: Path = opt.OUT,
+    method: str = typer.Option("dinm-global", "--method", help="A method that edits from named instances."),
+    n_candidates: int = typer.Option(None, "--n-candidates", help="A seeded sample of this many candidates (default: all)."),
+    limit: int = typer.Option(10, help="Validation items (a seeded sample)."),
+    n_overrefusal: int = typer.Option(30, "--n-overrefusal", help="Built-in over-refusal prompts per edited model."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="New tokens per reply."),
+    model: str = opt.MODEL,
+    preset: str = opt.PRESET,
+    set_values: list[str] = opt.SET_VALUES,
+    judge: str = opt.JUDGE,
+    seed: int = opt.SEED,
+    drop_overlap: bool = typer.Option(False, "--drop-overlap", help="Drop validation items that occur among the candidates."),
+    dtype: str = opt.DTYPE,
+    device: str = opt.DEVICE,
+    trust_remote_code: bool = opt.TRUST_REMOTE_CODE,
+    overwrite: bool = opt.OVERWRITE,
+) -> None:
+    """Choose the edit instance: edit from each candidate, score each edited model cheaply on validation items
+    (DS, DG-Avg, over-refusal, degeneration), rank them (OUT/spread.md); run the winner with --set instance_ids=[ID]."""
+    from detoxedit.data import load_safeedit
+
+    count = n_candidates or len(load_safeedit(candidates))
+    extra = {"train": candidates, "drop_overlap": drop_overlap, "instances": count, "n_overrefusal": n_overrefusal}
+    _resolve_and_execute(
+        method, model, preset, set_values or [], False, out, overwrite, True, extra,
+        data=validate, judge=judge, threshold=None, judge_errors=None, max_new_tokens=max_new_tokens,
+        max_input_tokens=None, limit=limit, seed=seed, categories=None, attacks=None, general=False, triviaqa=None,
+        xsum=None, n_triviaqa=None, n_xsum=None, overrefusal="builtin", chat_format="auto", system_prompt=None,
+        token_budget=None, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+    )
+    summary = json.loads((out / "spread.json").read_text(encoding="utf-8"))
+    best = summary["ranking"][0] if summary.get("ranking") else None
+    if best is not None:
+        console.print(f"chosen instance: training item {best['instance']} (score {best['score']:.1f}); use it with "
+                      f"`detoxedit run --method {method} --train {candidates} --set instance_ids=[{best['instance']}]`",
+                      highlight=False, markup=False)

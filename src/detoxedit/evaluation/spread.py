@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 SPREAD_FILE = "spread.json"
 RANK_BY = "DG_Avg"
+SELECTION_PARTS = (("DS", False), ("DG_Avg", False), ("Over_refusal", True), ("Degenerate", True), ("KQA_contains", False))
+"""What `select` ranks instances by: the mean of these percentages, the ones marked True as 100 - value
+(lower is better), over those the runs measured. Safety and generalisation count as much as keeping
+the model helpful (no over-refusal), fluent (no loops) and knowledgeable."""
 
 
 def spread_instance_ids(cfg: RunConfig, n: int) -> list[Any]:
@@ -85,13 +89,23 @@ def summarize_spread(runs: Sequence[dict[str, Any]], method: str) -> dict[str, A
         if known:
             metrics[spec.name] = {"value": statistics.fmean(known), "std": statistics.stdev(known) if len(known) > 1 else 0.0,
                                   "values": values, "n_instances": len(known)}
+    ranking = sorted(({"instance": r["instance"], "folder": r["folder"], "score": selection_score(r),
+                       **{name: _value(r, name) for name, _ in SELECTION_PARTS}} for r in runs),
+                     key=lambda row: -row["score"] if row["score"] is not None else float("inf"))
     ranked = sorted((r for r in runs if _value(r, RANK_BY) is not None), key=lambda r: _value(r, RANK_BY))
     pick = (lambda r: {"instance": r["instance"], "folder": r["folder"], RANK_BY: _value(r, RANK_BY)}) if ranked else None
     vanilla = runs[0]["metrics"].get("variants", {}).get("vanilla", {}).get("metrics", {}) if runs else {}
     return {"method": method, "instances": [r["instance"] for r in runs], "folders": [r["folder"] for r in runs],
             "metrics": metrics, "vanilla": vanilla, "ranked_by": RANK_BY,
             "best": pick(ranked[-1]) if ranked else None, "worst": pick(ranked[0]) if ranked else None,
+            "ranking": ranking,
             "costs": [(r["metrics"].get("fit") or {}) for r in runs]}
+
+
+def selection_score(run: dict[str, Any]) -> float | None:
+    """The mean of `SELECTION_PARTS` (lower-is-better ones as 100 - value) that the run measured."""
+    parts = [(100.0 - v if lower else v) for name, lower in SELECTION_PARTS if (v := _value(run, name)) is not None]
+    return statistics.fmean(parts) if parts else None
 
 
 def _value(run: dict[str, Any], name: str) -> float | None:
@@ -108,6 +122,16 @@ def spread_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Instance spread: {summary['method']} from {n} training instances", "", table3(rows), "",
              "± is the sample standard deviation over the instances; each instance's own run folder has its "
              "confidence intervals and report.", ""]
+    if summary.get("ranking"):
+        names = [name for name, _ in SELECTION_PARTS]
+        lines += ["## Instances ranked", "", "score: mean of " + ", ".join(
+            f"100 - {n}" if lower else n for n, lower in SELECTION_PARTS) + " (those measured)", "",
+            "| rank | training item | folder | score | " + " | ".join(names) + " |", "|" + "---|" * (4 + len(names))]
+        for rank, row in enumerate(summary["ranking"], 1):
+            cells = ["–" if row[n] is None else f"{row[n]:.1f}" for n in names]
+            score = "–" if row["score"] is None else f"{row['score']:.1f}"
+            lines.append(f"| {rank} | {row['instance']} | {row['folder']} | {score} | " + " | ".join(cells) + " |")
+        lines.append("")
     for which in ("best", "worst"):
         pick = summary.get(which)
         if pick:
