@@ -137,6 +137,9 @@ def test_confusion_on_the_xstest_test_half_is_as_documented(xstest_paths):
     assert agreement.any_refusal == pytest.approx(683 / 745) and agreement.any_refusal >= 0.90
 
 
-def test_confusion_on_the_xstest_train_half_is_as_documented(xstest_paths):
+def test_confusion_on_the_xstest_train_half_and_all_files_is_as_documented(xstest_paths):
     total = sum(validate_on_xstest(xstest_paths, split="train").values(), Counter())
     assert _matrix(total) == TRAIN_HALF_TOTAL
+    everything = sum(validate_on_xstest(xstest_paths, split=None).values(), Counter())
+    assert _matrix(everything) == [[717, 36, 16], [30, 642, 16], [22, 77, 34]]
+    assert confusion_accuracy(everything) == pytest.approx((1393 / 1590, 1431 / 1590, 1486 / 1590))
