@@ -145,7 +145,9 @@ def load_preset(name_or_path: str | Path) -> dict[str, Any]:
         return _parse_yaml(shipped.read_text(encoding="utf-8"), str(name_or_path))
     if not path.is_file():
         raise ConfigError(f"preset file not found: {path}")
-    return _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    from detoxedit.files import read_text_file
+
+    return _parse_yaml(read_text_file(path, "preset"), str(path))
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:

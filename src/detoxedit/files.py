@@ -72,11 +72,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(staging, _mode_for(path))
         os.replace(staging, path)
     except OSError as err:
         Path(staging).unlink(missing_ok=True)
         raise WriteError(disk_error_message(err, path) or f"cannot write {path}: {err}") from err
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's mode, or what the umask gives a new file (mkstemp's 0600 would hide results
+    from colleagues on a shared machine)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -22,14 +22,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from detoxedit.errors import DetoxeditError
-from detoxedit.files import atomic_write_text, check_writable_folder
+from detoxedit.files import WriteError, atomic_write_text, check_writable_folder, disk_error_message
 from detoxedit.methods.base import Edit, applied, apply_deltas
 from detoxedit.models.loading import drop_quantization_config
 
@@ -68,8 +68,21 @@ def load_delta(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     except Exception as err:  # safetensors raises its own error types
         raise DetoxeditError(f"{tensors_path}: not a readable safetensors file ({err})") from err
     meta_path = tensors_path.with_name(DELTA_META)
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    meta = _read_json_file(meta_path, "the delta's metadata") if meta_path.is_file() else {}
     return deltas, meta
+
+
+def _read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file a user passes along; damage is a one-line error naming the file."""
+    from detoxedit.files import read_text_file
+
+    try:
+        value = json.loads(read_text_file(path, what))
+    except ValueError as err:
+        raise DetoxeditError(f"{path} ({what}) is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise DetoxeditError(f"{path} ({what}) must hold a JSON object, not {type(value).__name__}")
+    return value
 
 
 def _fitted_run_delta(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -80,8 +93,12 @@ def _fitted_run_delta(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     if not saved.get("deltas"):
         raise DetoxeditError(f"{folder}: the fitted edit changes no weights (a prompt-side method such as "
                              "self-reminder); there is no model to save, its prompts are in the run's items.jsonl")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    meta = {"base_model": config.get("model"), "base_model_sha256": base_identity(config.get("model", "")).get("sha256"),
+    config = _read_json_file(folder / "config.json", "the run's config")
+    recorded = (_read_json_file(folder / "inputs.json", "the run's inputs") if (folder / "inputs.json").is_file()
+                else {}).get("model") or {}
+    base = recorded.get("base") or base_identity(config.get("model", ""))  # recorded when the run was made
+    meta = {"base_model": base.get("spec", config.get("model")), "base_model_sha256": base.get("sha256"),
+            "made_on_edits": [e.get("delta_sha256") for e in recorded.get("edits", [])],
             "method": config.get("method"), "preset": config.get("preset"), "method_config": config.get("method_config"),
             "item_file": config.get("train"), "layer": saved.get("layer"), "run_folder": str(folder)}
     return saved["deltas"], meta
@@ -115,55 +132,98 @@ def delta_conflicts(deltas: dict[str, torch.Tensor], meta: dict[str, Any], model
 
     problems = []
     digest = deltas_sha256(deltas)
+    carried = [e.get("delta_sha256") for e in (read_provenance(model_spec) or {}).get("edits", [])]
+    made_on = [d for d in meta.get("made_on_edits") or [] if d]
+    missing = [d for d in made_on if d not in carried]
+    if missing:
+        problems.append(f"the delta was made on a model carrying {len(made_on)} earlier edit(s), {len(missing)} of which "
+                        f"{model_spec} lacks; applied alone it gives a model nobody made or evaluated (apply those first)")
     for edit in (read_provenance(model_spec) or {}).get("edits", []):
         if edit.get("delta_sha256") == digest:
             problems.append(f"{model_spec} already has this delta applied ({edit.get('method')} on item "
                             f"{edit.get('item_id')}, by `detoxedit {edit.get('made_by')}`); applying it again doubles the edit")
-    made_on = meta.get("base_model_sha256")
+    base_sha = meta.get("base_model_sha256")
     model_base = base_identity(model_spec)
-    if made_on and model_base.get("sha256") and made_on != model_base["sha256"]:
-        problems.append(f"the delta was made on base model {meta.get('base_model')!r} (weights {made_on[:12]}), "
+    if base_sha and model_base.get("sha256") and base_sha != model_base["sha256"]:
+        problems.append(f"the delta was made on base model {meta.get('base_model')!r} (weights {base_sha[:12]}), "
                         f"but {model_spec!r} is based on {model_base.get('spec')!r} (weights {model_base['sha256'][:12]})")
-    elif not made_on and meta.get("base_model") not in (None, model_base.get("spec")):
+    elif not base_sha and meta.get("base_model") not in (None, model_base.get("spec")):
         logger.warning("the delta was made on base model %r, applied here to %r", meta["base_model"], model_spec)
     return problems
 
 
-def check_save_folder(folder: str | Path, overwrite: bool) -> Path:
-    """Refuses a non-empty target (it may hold a run or another model) unless `overwrite`; checks that
-    the folder beside which the model is staged can be written. Call before loading any model."""
-    folder = Path(folder)
+def check_save_folder(folder: str | Path, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """The resolved --save folder (a symlink is followed, so the model lands in its target), after checking:
+    a non-empty folder is refused unless `overwrite` (it may hold a run or another model), a folder that
+    is one of the command's own `inputs` (the model or delta it reads) always, and the folder that will
+    hold the staging copy must be writable. Call before loading any model."""
+    folder = Path(folder).expanduser().resolve()
     if folder.exists() and not folder.is_dir():
         raise DetoxeditError(f"--save {folder} is a file; give a folder")
+    for given in inputs:
+        source = Path(given).expanduser()
+        if source.exists() and (folder == source.resolve() or folder in source.resolve().parents):
+            raise DetoxeditError(f"--save {folder} is where this command reads {given} from; give another folder")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         names = sorted(p.name for p in folder.iterdir())
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise DetoxeditError(f"--save {folder} is not empty ({shown}); give a new folder, or --overwrite to replace "
                              "its whole content")
-    check_writable_folder(folder.parent, what="the folder of --save")
+    check_writable_folder(folder if folder.is_dir() else folder.parent, what="the folder of --save")
     return folder
 
 
 @contextlib.contextmanager
 def staged_folder(folder: str | Path) -> Iterator[Path]:
-    """Yields a staging folder beside `folder`; on success it replaces `folder` (whole), on error it is removed."""
-    folder = Path(folder)
-    for stale in folder.parent.glob(f".{folder.name}.staging*"):  # left by a killed save of the same folder
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = folder.with_name(f".{folder.name}.staging{os.getpid()}")
+    """Yields a staging folder; on success its content becomes `folder`'s whole content, on error it is removed.
+
+    A new target is staged beside it and renamed into place (atomic). An existing target (overwrite,
+    or an empty mount point, which cannot be renamed) is staged inside it; the old entries are removed
+    and the staged ones moved in only once everything is written.
+    """
+    folder = Path(folder).resolve()
+    _remove_stale_staging(folder)
+    inside = folder.is_dir()
+    staging = (folder / f"{STAGING}{os.getpid()}") if inside else folder.with_name(f".{folder.name}{STAGING}{os.getpid()}")
     staging.mkdir(parents=True)
     try:
         yield staging
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        message = _disk_full_message(err, folder)
+        if message:
+            raise WriteError(message) from err
         raise
-    if folder.exists():
-        retired = folder.with_name(f".{folder.name}.replaced{os.getpid()}")
-        folder.rename(retired)
+    if not inside:
         staging.rename(folder)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(folder)
+        return
+    for entry in folder.iterdir():
+        if entry != staging:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    for entry in staging.iterdir():
+        entry.rename(folder / entry.name)
+    staging.rmdir()
+
+
+STAGING = ".detoxedit-staging"
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Staging folders that a killed save left (named by this module, with a process id)."""
+    stale = list(folder.parent.glob(f".{folder.name}{STAGING}*")) + (list(folder.glob(f"{STAGING}*")) if folder.is_dir() else [])
+    for path in stale:
+        if path.name.rsplit("staging", 1)[-1].isdigit():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _disk_full_message(err: BaseException, folder: Path) -> str | None:
+    """safetensors reports a full disk as its own error type, not OSError: recognise it by its text."""
+    if isinstance(err, OSError):
+        return disk_error_message(err, folder)
+    text = str(err)
+    if "No space left" in text or "os error 28" in text:
+        return f"cannot write {folder}: the disk is full; free space or choose another folder"
+    return None
 
 
 def save_model(model: nn.Module, tokenizer: Any, folder: str | Path) -> Path:

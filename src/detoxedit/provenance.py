@@ -62,10 +62,16 @@ def base_identity(spec: str) -> dict[str, Any]:
     record = read_provenance(spec)
     if record is not None and isinstance(record.get("base_model"), dict):
         return dict(record["base_model"])
-    return {"spec": spec, "sha256": _weights_sha256(spec)}
+    return {"spec": _as_written(spec), "sha256": weights_sha256(spec)}
 
 
-def _weights_sha256(spec: str) -> str | None:
+def _as_written(spec: str) -> str:
+    """A local path made absolute (meaningful from any folder); embedded names and hub ids as they are."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def weights_sha256(spec: str) -> str | None:
     """SHA-256 over the model's weight files (memoized by path, size and mtime); None for a hub id."""
     from detoxedit.models.loading import EMBEDDED_MODELS, embedded_gguf_path, file_sha256
 

@@ -20,6 +20,7 @@ atomically (`detoxedit.files`) or appended to a log whose torn last line a resum
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_bytes, atomic_write_text, check_writable_folder
 from detoxedit.evaluation.config import RunConfig, config_differences
 from detoxedit.evaluation.inputs import INPUTS_FILE, input_changes, run_inputs
-from detoxedit.evaluation.general import enabled_tasks, task_records
+from detoxedit.evaluation.general import check_general_inputs, enabled_tasks, task_records
 from detoxedit.evaluation.records import GenerationCache, JsonlLog, is_torn, jsonable
 from detoxedit.evaluation.scoring import correction_note, summarize
 from detoxedit.evaluation.textgen import TextGenerator, inherited_sampling
@@ -78,8 +79,11 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
             or the changed items), or holds foreign files.
     """
     check_writable_folder(folder)
-    remove_staging_files(folder)
     config_path = folder / "config.json"
+    if config_path.is_file() and not _is_run_config(config_path):
+        raise DetoxeditError(f"{folder} holds a config.json that is not a detoxedit run's (a model folder?); "
+                             "give another --out folder (--overwrite only discards detoxedit runs)")
+    remove_staging_files(folder)
     if overwrite:
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
@@ -107,11 +111,22 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
 
 
 def remove_staging_files(folder: Path) -> None:
-    """Deletes the temp files of atomic writes that a kill interrupted (`files.atomic_write_bytes`):
-    their target is whole (the old version or none), so they hold nothing to keep."""
-    for pattern in (".*.tmp", f"{PENDING}/.*.tmp"):
-        for path in folder.glob(pattern):
+    """Deletes the temp files of atomic writes to run files that a kill interrupted
+    (`files.atomic_write_bytes` names them .NAME.XXXX.tmp): their target is whole, so they hold nothing."""
+    for name in RUN_FILES:
+        for path in folder.glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
+    for path in (folder / PENDING).glob(".*.pt.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def _is_run_config(path: Path) -> bool:
+    """A config.json written by a run (it names the data and the method), not a model's or a project's."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return path.with_name(INPUTS_FILE).is_file()  # damaged, but beside a run's inputs.json
+    return isinstance(values, dict) and {"data", "method", "judge"} <= set(values)
 
 
 def _read_run_json(path: Path) -> dict[str, Any]:
@@ -523,20 +538,51 @@ def run_protocol(
     items, dropped = load_items(cfg, train_items)
     if cfg.judge_errors:
         JudgeErrorRates.read(cfg.judge_errors)  # a bad file fails now, not after the replies are generated
+    check_general_inputs(cfg)
+    check_device(cfg.device)
     judge = judge if judge is not None else load_judge(cfg.judge, cfg.threshold, cfg.trust_remote_code)
     resolved = resolved_config(cfg)
     inputs = run_inputs(cfg, items, train_items)
-    resumed = check_run_folder(folder, resolved, inputs, overwrite)
-    if model is None:
-        from detoxedit.models import load_model
+    check_writable_folder(folder)
+    with run_lock(folder):
+        resumed = check_run_folder(folder, resolved, inputs, overwrite)
+        if model is None:
+            from detoxedit.models import load_model
 
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
-    atomic_write_text(folder / INPUTS_FILE, json.dumps(inputs, indent=1, sort_keys=True) + "\n")
-    write_resolved_config(resolved, folder)
-    logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items), cfg.method)
-    metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items, {"dropped_overlap": dropped})
-    if report:
-        from detoxedit.report import write_run_report
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                          trust_remote_code=cfg.trust_remote_code)
+        atomic_write_text(folder / INPUTS_FILE, json.dumps(inputs, indent=1, sort_keys=True) + "\n")
+        write_resolved_config(resolved, folder)
+        logger.info("%s run into %s (%d items, method %s)", "Resuming" if resumed else "Starting", folder, len(items),
+                    cfg.method)
+        metrics = Runner(cfg, folder, model, tokenizer, judge, method, train_items).run(items, {"dropped_overlap": dropped})
+        if report:
+            from detoxedit.report import write_run_report
 
-        write_run_report(folder)
+            write_run_report(folder)
     return RunResult(folder, metrics)
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the run folder (an flock on .lock, released by the OS even on kill -9),
+    so two commands never write one folder at once."""
+    import fcntl
+
+    handle = (folder / ".lock").open("a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise DetoxeditError(f"{folder} is being written by another detoxedit command; wait for it to end, "
+                                 "or use another --out folder") from err
+        yield
+    finally:
+        handle.close()
+
+
+def check_device(device: str) -> None:
+    """A CUDA device on a machine (or a torch build) without one fails here, not after the data is read."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise DetoxeditError(f"--device {device}: this torch has no CUDA device available (torch {torch.__version__}); "
+                             "use --device cpu")

@@ -6,7 +6,7 @@ waits until the run's real work begins (config.json written, after imports and m
 sleeps a delay drawn from the seed's RNG within the work the reference took for what is left, and
 SIGKILLs the process; after KILLS_PER_CHAIN kills the next start runs to the end. The finished
 folder must then hold the same records as the reference, item by item, and nothing else (no temp
-files, no pending edits). Two kill points only milliseconds wide are planted instead of hit.
+files, no pending edits). Three kill points only milliseconds wide are planted instead of hit.
 
 Everything runs in subprocesses, two at a time (each single-threaded); most of the time is
 Python importing torch + transformers at each of ~30 starts: about 2.5 minutes on two idle CPU

@@ -308,3 +308,191 @@ def _same_items(a, b) -> bool:
 
 def _replies(folder) -> dict:
     return {(r["variant"], str(r["item_id"]), r["kind"]): r["reply"] for r in read_jsonl(folder / "generations.jsonl")}
+
+
+# ---------------------------------------------------------------- the review's findings (one test each)
+
+
+def save_tiny(folder, seed=0):
+    model = tiny_model("llama", seed=seed)
+    get_adapter(model).final_norm.weight.data.mul_(8.0)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_model_changed_in_place_is_not_resumed(data_file, tmp_path, capsys):
+    model = save_tiny(tmp_path / "m")
+    run = tmp_path / "run"
+    args = ["evaluate", "--model", model, "--data", data_file, "--judge", "refusal", "--max-new-tokens", 4,
+            "--limit", 2, "--out", run]
+    assert cli(*args) == 0
+    save_tiny(model, seed=7)  # other weights, same path
+    assert cli(*args) == 2
+    assert "--model file contents changed" in capsys.readouterr().err
+
+
+def test_two_commands_never_write_one_run_folder(model_dir, data_file, tmp_path, capsys, no_model_load):
+    from detoxedit.runner import run_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):  # another command holds the folder
+        assert cli("evaluate", *common(model_dir, data_file), "--out", run) == 2
+    assert "being written by another detoxedit command" in capsys.readouterr().err
+
+
+def test_general_ability_files_are_read_before_model_work(data_file, tmp_path, capsys, no_model_load):
+    assert cli("evaluate", "--data", data_file, "--judge", "refusal", "--general", "--triviaqa", tmp_path / "nope.json",
+               "--xsum", tmp_path / "nope.jsonl", "--out", tmp_path / "run") == 2
+    assert "nope.json" in capsys.readouterr().err and not (tmp_path / "run" / "config.json").exists()
+
+
+def test_overwrite_never_discards_a_folder_that_is_not_a_run(model_dir, data_file, tmp_path, capsys):
+    target = save_tiny(tmp_path / "a-model")
+    before = (target / "config.json").read_bytes()
+    assert cli("evaluate", *common(model_dir, data_file), "--out", target, "--overwrite") == 2
+    assert "not a detoxedit run's" in capsys.readouterr().err
+    assert (target / "config.json").read_bytes() == before
+
+
+def test_save_follows_a_symlink_and_works_in_the_current_folder(model_dir, data_file, tmp_path, monkeypatch):
+    edited = tmp_path / "edited"
+    assert dinm_edit(model_dir, data_file, edited) == 0
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "disk")
+    assert cli("apply-delta", "--model", model_dir, "--delta", edited, "--save", tmp_path / "link") == 0
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "disk" / "model.safetensors").is_file()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert cli("apply-delta", "--model", model_dir, "--delta", edited, "--save", ".") == 0
+    assert (tmp_path / "here" / "detoxedit.json").is_file() and not list((tmp_path / "here").glob(".*staging*"))
+
+
+def test_a_full_disk_while_saving_a_model_is_one_line(model_dir, data_file, tmp_path, monkeypatch, capsys):
+    import transformers.modeling_utils
+
+    def full(*args, **kwargs):
+        raise RuntimeError("Error while serializing: IoError(Os { code: 28, message: \"No space left on device\" })")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full, raising=False)
+    monkeypatch.setattr("detoxedit.persist.save_file", full)
+    assert dinm_edit(model_dir, data_file, tmp_path / "edited") == 2
+    assert "the disk is full" in capsys.readouterr().err
+    assert not (tmp_path / "edited").exists() and not list(tmp_path.glob(".*staging*"))
+
+
+def test_a_delta_made_on_an_edited_model_needs_that_models_edits(model_dir, data_file, tmp_path, capsys):
+    first, second = tmp_path / "e1", tmp_path / "e2"
+    assert dinm_edit(model_dir, data_file, first) == 0
+    assert cli("edit", "--item", f"{data_file}:2", "--save", second, "--model", first, "--set", "steps=2",
+               "--set", "layer=1") == 0
+    assert cli("apply-delta", "--model", model_dir, "--delta", second, "--save", tmp_path / "chain") == 2
+    assert "made on a model carrying 1 earlier edit" in capsys.readouterr().err
+    assert cli("apply-delta", "--model", model_dir, "--delta", first, "--save", tmp_path / "again") == 0
+    assert cli("apply-delta", "--model", tmp_path / "again", "--delta", second, "--save", tmp_path / "chain") == 0
+    record = json.loads((tmp_path / "chain" / "detoxedit.json").read_text())
+    assert [e["method"] for e in record["edits"]] == ["dinm", "dinm"]
+
+
+def test_save_may_not_be_the_commands_own_input(model_dir, data_file, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    assert dinm_edit(model_dir, data_file, edited) == 0
+    assert cli("apply-delta", "--model", model_dir, "--delta", edited, "--save", edited, "--overwrite") == 2
+    assert dinm_edit(model_dir, data_file, model_dir, "--overwrite") == 2
+    assert capsys.readouterr().err.count("is where this command reads") == 2
+    assert (edited / "delta.safetensors").is_file() and (model_dir / "model.safetensors").is_file()
+
+
+def test_a_run_folder_delta_keeps_the_base_it_was_made_on(data_file, tmp_path, monkeypatch):
+    save_tiny(tmp_path / "work" / "model")
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([safeedit_json(i) for i in range(100, 103)]), encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli("run", "--method", "dinm-global", "--model", "model", "--data", data_file, "--train", train,
+               "--judge", "refusal", "--max-new-tokens", 4, "--set", "steps=2", "--set", "layer=1",
+               "--overrefusal", "none", "--out", tmp_path / "run") == 0
+    monkeypatch.chdir(tmp_path)  # "model" now names nothing; the run recorded its base's hash
+    assert cli("apply-delta", "--model", tmp_path / "work" / "model", "--delta", tmp_path / "run",
+               "--save", tmp_path / "saved") == 0
+    other = save_tiny(tmp_path / "other", seed=7)
+    assert cli("apply-delta", "--model", other, "--delta", tmp_path / "run", "--save", tmp_path / "wrong") == 2
+
+
+def test_a_folder_from_an_older_version_resumes(model_dir, data_file, tmp_path, caplog):
+    run = tmp_path / "run"
+    assert cli("evaluate", *common(model_dir, data_file), "--out", run) == 0
+    config = json.loads((run / "config.json").read_text())
+    for key in ("drop_overlap", "trust_remote_code", "overrefusal", "n_overrefusal", "overrefusal_max_new_tokens"):
+        config.pop(key)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "inputs.json").unlink()
+    assert cli("evaluate", *common(model_dir, data_file), "--out", run) == 0
+
+
+def test_results_are_readable_by_colleagues(model_dir, data_file, tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        assert cli("evaluate", *common(model_dir, data_file), "--limit", 1, "--out", tmp_path / "run") == 0
+    finally:
+        os.umask(umask)
+    for name in ("config.json", "inputs.json", "metrics.json", "report.md"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_damaged_files_are_one_line(model_dir, data_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli("evaluate", *common(model_dir, data_file), "--out", run) == 0
+    lines = (run / "generations.jsonl").read_text().splitlines()
+    (run / "generations.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    assert cli("evaluate", *common(model_dir, data_file), "--out", run) == 2
+    assert "generations.jsonl:2: not valid JSON" in capsys.readouterr().err
+    edited = tmp_path / "edited"
+    assert dinm_edit(model_dir, data_file, edited) == 0
+    (edited / "delta.json").write_text("{bad")
+    assert cli("apply-delta", "--model", model_dir, "--delta", edited, "--save", tmp_path / "x") == 2
+    preset = tmp_path / "p.yaml"
+    preset.write_bytes("steps: 2 # caf\xe9\n".encode("latin-1"))
+    assert cli("edit", "--item", f"{data_file}:1", "--save", tmp_path / "y", "--preset", preset) == 2
+    assert cli("evaluate", *common(model_dir, data_file), "--device", "cuda:0", "--out", tmp_path / "z") == 2
+    err = capsys.readouterr().err
+    assert "delta's metadata) is not valid JSON" in err and "not UTF-8" in err and "CUDA" in err
+    assert "Traceback" not in err
+
+
+def test_a_damaged_generation_cache_is_set_aside(model_dir, data_file, tmp_path):
+    assert cli("evaluate", *common(model_dir, data_file), "--out", tmp_path / "a") == 0
+    cache_files = list((tmp_path / "cache" / "generations").glob("*.jsonl"))
+    for cache_file in cache_files:
+        lines = cache_file.read_text().splitlines()
+        cache_file.write_text("\n".join(["{oops", *lines]) + "\n")
+    assert cli("evaluate", *common(model_dir, data_file), "--out", tmp_path / "b") == 0
+    assert all(f.with_name(f.name + ".damaged").is_file() for f in cache_files)
+    assert _replies(tmp_path / "a") == _replies(tmp_path / "b")
+
+
+def test_printing_a_report_writes_nothing_into_the_run(model_dir, data_file, tmp_path):
+    run = tmp_path / "run"
+    assert cli("run", "--method", "dinm", "--set", "steps=2", "--set", "layer=1", *common(model_dir, data_file),
+               "--out", run) == 0
+    for png in run.glob("*.png"):
+        png.unlink()
+    assert cli("report", run) == 0
+    assert not list(run.glob("*.png"))
+
+
+def test_instances_check_the_data_before_loading_a_model(data_file, tmp_path, capsys, no_model_load):
+    assert cli("run", "--method", "dinm-global", "--instances", 2, "--data", data_file, "--train", data_file,
+               "--judge", "refusal", "--out", tmp_path / "x") == 2
+    assert "also occur in --train" in capsys.readouterr().err
+
+
+def test_a_users_own_temp_file_is_never_deleted(model_dir, data_file, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / ".notes.tmp").write_text("keep me")
+    (folder / "f").write_text("x")
+    assert cli("evaluate", *common(model_dir, data_file), "--out", folder) == 2
+    assert (folder / ".notes.tmp").read_text() == "keep me"

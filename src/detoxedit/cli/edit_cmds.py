@@ -56,7 +56,7 @@ def edit(
     from detoxedit.methods import PER_ITEM, METHODS
     from detoxedit.models import load_model
     from detoxedit.persist import check_save_folder, save_edited_model
-    from detoxedit.provenance import base_identity, edit_entry, new_record
+    from detoxedit.provenance import base_identity, edit_entry, edits_summary, new_record
     from detoxedit.settings import resolve_settings
 
     path, item_id = parse_item_ref(item)
@@ -66,14 +66,15 @@ def edit(
     if editor.scope != PER_ITEM:
         raise DetoxeditError(f"--method {settings.method} is fitted on a training set, not edited from one item; "
                              "use `detoxedit run --method ... --train FILE`")
-    check_save_folder(save, overwrite)
+    save = check_save_folder(save, overwrite, inputs=[model, path])
     lm, tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     editor.prepare(lm, tokenizer)
     result = editor.execute(lm, tokenizer, target)
     base = base_identity(model)
     meta = {"base_model": model, "base_model_sha256": base.get("sha256"), "dtype": dtype, "item_file": str(path),
             "item_file_sha256": file_digest(str(path)), "item_id": target.id, "method": settings.method,
-            "preset": settings.preset, "method_config": settings.method_config, "info": result.info}
+            "preset": settings.preset, "method_config": settings.method_config, "info": result.info,
+            "made_on_edits": [e.get("delta_sha256") for e in edits_summary(model)]}
     record = new_record(model, edit_entry(result.deltas, meta | {"layer": result.layer}, made_by="edit"))
     save_edited_model(lm, tokenizer, result, save, meta, record)
     _show_edit(result, lm, save)
@@ -115,7 +116,7 @@ def apply_delta(
         raise DetoxeditError("; ".join(problems) + ". Add --force to apply it anyway")
     for problem in problems:
         logger.warning("--force: %s", problem)
-    check_save_folder(save, overwrite)
+    save = check_save_folder(save, overwrite, inputs=[model, delta])
     lm, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
     check_deltas(lm, deltas, source=str(delta))
     apply_deltas(lm, deltas)
@@ -142,7 +143,8 @@ def chat(
 
     models = {model: load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)}
     if compare is not None:
-        models[f"{compare} (edited)"] = load_model(str(compare), dtype=dtype, device=device)
+        models[f"{compare} (edited)"] = load_model(str(compare), dtype=dtype, device=device,
+                                                   trust_remote_code=trust_remote_code)
     settings = {"max_new_tokens": max_new_tokens, "max_input_tokens": max_input_tokens,
                 "chat": chat_format, "system_prompt": system_prompt}
     if prompt:

@@ -196,7 +196,8 @@ def report(
     if table3:
         text = general_setting_report(runs)
     else:
-        text = run_report(load_run(runs[0]), figures=True) if len(runs) == 1 else compare_runs(runs)
+        # figures are written beside the run only for a written report: printing never writes to a run folder
+        text = run_report(load_run(runs[0]), figures=out is not None) if len(runs) == 1 else compare_runs(runs)
     if out is None:
         console.print(text, markup=False, highlight=False, soft_wrap=True)  # never wrap Markdown table rows
         return

@@ -58,6 +58,17 @@ GENERAL_TASKS.register("overrefusal")(GeneralTask("overrefusal", lambda cfg: boo
                                                   lambda cfg: cfg.overrefusal_max_new_tokens))
 
 
+def check_general_inputs(cfg: Any) -> None:
+    """Reads every enabled task's data now (no tokenizer needed), so a bad file fails before any model work."""
+    if getattr(cfg, "general", False):
+        load_triviaqa(cfg.triviaqa, limit=cfg.n_triviaqa, seed=cfg.seed)
+        load_xsum(cfg.xsum, limit=cfg.n_xsum, seed=cfg.seed)
+    if getattr(cfg, "overrefusal", None):
+        from detoxedit.data.overrefusal import load_overrefusal
+
+        load_overrefusal(cfg.overrefusal, limit=cfg.n_overrefusal, seed=cfg.seed)
+
+
 def enabled_tasks(cfg: Any) -> list[GeneralTask]:
     """The tasks `cfg` asks for, in registration order."""
     return [task for task in (GENERAL_TASKS.get(name) for name in GENERAL_TASKS.names()) if task.enabled(cfg)]

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from detoxedit.data import SafeEditItem
 
 INPUTS_FILE = "inputs.json"
-ADDED_LATER = frozenset({"overrefusal"})
+ADDED_LATER = frozenset({"overrefusal", "model"})
 """Inputs of tasks that only add records: a folder without them is resumed, and the task computed."""
 _SHOWN = 8  # item ids named per kind of change
 
@@ -52,7 +52,17 @@ def run_inputs(cfg: Any, items: Sequence[SafeEditItem], train_items: Sequence[Sa
         from detoxedit.data.overrefusal import overrefusal_path
 
         record["overrefusal"] = {"sha256": file_digest(str(overrefusal_path(cfg.overrefusal)))}
+    record["model"] = model_identity(cfg.model)
     return record
+
+
+def model_identity(spec: str) -> dict[str, Any]:
+    """The model's weights by content (SHA-256 of its GGUF or weight files, memoized by size and mtime;
+    None for a hub id), so a model changed in place is not resumed; and its base, for saved deltas."""
+    from detoxedit.provenance import base_identity, edits_summary, weights_sha256
+
+    return {"sha256": weights_sha256(spec), "base": base_identity(spec),
+            "edits": [{"delta_sha256": e.get("delta_sha256"), "method": e.get("method")} for e in edits_summary(spec)]}
 
 
 def input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -69,7 +79,8 @@ def input_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif not before and key in ADDED_LATER:
             continue  # a task the old run did not have: the resumed run computes it
         elif before.get("sha256") != after.get("sha256"):
-            changes.append(f"--{key} file contents changed" if before and after else f"--{key} {'added' if after else 'removed'}")
+            flag = "--" + key.replace("_", "-")
+            changes.append(f"{flag} file contents changed" if before and after else f"{flag} {'added' if after else 'removed'}")
     return changes
 
 
@@ -81,5 +92,5 @@ def _item_changes(key: str, before: dict[str, str], after: dict[str, str]) -> li
     for what, ids in (("changed", changed), ("new", added), ("gone", removed)):
         if ids:
             shown = ", ".join(ids[:_SHOWN]) + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
-            parts.append(f"--{key}: {len(ids)} item(s) {what} ({shown})")
+            parts.append(f"--{key.replace('_', '-')}: {len(ids)} item(s) {what} ({shown})")
     return parts

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Records of a JSONL file; a torn LAST line (from a kill mid-write) is dropped with a warning.
 
     Raises:
-        ValueError: a line other than the last is not valid JSON (the file was damaged otherwise).
+        DamagedLogError: a line other than the last is not valid JSON (the file was damaged otherwise).
     """
     if not path.is_file():
         return []
@@ -36,9 +37,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except ValueError as err:
             if number != len(lines):  # only the final piece, after the last newline, can be torn
-                raise ValueError(f"{path}:{number}: not valid JSON ({err}); the file was damaged") from err
+                raise DamagedLogError(f"{path}:{number}: not valid JSON ({err}); the file was damaged outside "
+                                      "detoxedit: restore it, or use --overwrite to recompute the run") from err
             logger.warning("%s: dropped a truncated last line (an interrupted write)", path)
     return records
+
+
+class DamagedLogError(DetoxeditError, ValueError):
+    """A JSONL log damaged other than by an interrupted append."""
 
 
 def is_torn(path: Path) -> bool:
@@ -98,7 +104,14 @@ class GenerationCache:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:24]
         folder.mkdir(parents=True, exist_ok=True)
         self.log = JsonlLog(folder / f"{key}.jsonl")
-        self.replies = {r["prompt"]: r["reply"] for r in self.log.read() if "prompt" in r and "reply" in r}
+        try:
+            records = self.log.read()
+        except DamagedLogError as err:  # a cache: set it aside and start again rather than fail every run
+            aside = self.log.path.with_name(self.log.path.name + ".damaged")
+            self.log.path.replace(aside)
+            logger.warning("%s; moved it to %s and regenerating its replies", err, aside)
+            records = []
+        self.replies = {r["prompt"]: r["reply"] for r in records if "prompt" in r and "reply" in r}
 
     def missing(self, prompts: Iterable[str]) -> list[str]:
         """Prompts without a cached reply, each once, in first-seen order."""

@@ -57,12 +57,16 @@ def check_spread_method(cfg: RunConfig) -> None:
 
 def run_spread(cfg: RunConfig, out: Path, n: int, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
     """Runs (or resumes) the N one-instance runs into `out`, then summarises them (see the module docstring)."""
+    from detoxedit.evaluation.general import check_general_inputs
     from detoxedit.judges.base import load_judge
     from detoxedit.models import load_model
-    from detoxedit.runner import run_protocol
+    from detoxedit.runner import check_device, load_items, run_protocol
 
     check_spread_method(cfg)
     ids = spread_instance_ids(cfg, n)
+    load_items(cfg, load_safeedit(cfg.train))  # data and overlap refusals before any model work
+    check_general_inputs(cfg)
+    check_device(cfg.device)
     check_writable_folder(out)
     judge = load_judge(cfg.judge, cfg.threshold, cfg.trust_remote_code)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code)

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from detoxedit.errors import ModelLoadError
-from detoxedit.files import atomic_write_bytes, atomic_write_text
+from detoxedit.files import atomic_write_bytes, atomic_write_text, read_text_file
 from detoxedit.judges.base import JUDGES, Judge
 from detoxedit.judges.features import (  # noqa: F401  (re-exported: the judge's feature blocks)
     ENCODER_NAME,
@@ -107,7 +107,12 @@ class Head:
         if not weights_file.is_file() or not meta_file.is_file():
             raise ModelLoadError(f"no judge head in {folder}: expected {HEAD_WEIGHTS} and {HEAD_META} "
                                  "(write one with `detoxedit judge train --out DIR`)")
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(read_text_file(meta_file, "judge head metadata"))
+        except ValueError as err:
+            raise ModelLoadError(f"{meta_file}: not valid JSON ({err}); retrain the head or restore the file") from err
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f"{meta_file}: must hold a JSON object")
         with np.load(weights_file, allow_pickle=False) as arrays:
             n = len([k for k in arrays.files if k.startswith("w")])
             weights = [arrays[f"w{i}"] for i in range(n)]

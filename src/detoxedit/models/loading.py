@@ -176,6 +176,8 @@ def load_model(
         device: where to put the weights.
         trust_remote_code: off unless the user asks; remote code runs arbitrary Python.
     """
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device}: this torch build has no CUDA device available; use --device cpu")
     source = resolve_source(spec)
     if source.gguf_file is not None:
         embedded = EMBEDDED_MODELS.get(spec)
