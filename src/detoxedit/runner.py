@@ -107,6 +107,9 @@ def check_run_folder(folder: Path, resolved: dict[str, Any], inputs: dict[str, A
                              "be stale: use a new --out folder, or --overwrite to discard that run")
     if old_inputs is None:
         logger.warning("%s was written before runs recorded their inputs' contents; resuming on the same paths", folder)
+    if old.get("version") != resolved.get("version"):
+        logger.warning("%s was started by detoxedit %s and is resumed by %s; its records may mix both versions",
+                       folder, old.get("version"), resolved.get("version"))
     return True
 
 
