@@ -58,7 +58,7 @@ def test_metrics_count_loops_among_all_replies_and_among_safe_ones():
 
 
 def test_the_threshold_agrees_with_two_reading_passes_on_held_out_replies(shared_data):
-    """data/labels/degeneration.jsonl: 240 replies read twice (agreement 238/240); the threshold was chosen on
+    """data/labels/degeneration/labels.jsonl: 240 replies read twice (agreement 238/240); the threshold was chosen on
     the calibration half, and these are its numbers on the held-out half (docs/degeneration.md)."""
     import json
     from pathlib import Path
@@ -66,9 +66,8 @@ def test_the_threshold_agrees_with_two_reading_passes_on_held_out_replies(shared
     from detoxedit.judges.labels import load_labelled_replies
 
     labels_dir = Path(__file__).resolve().parents[2] / "data" / "labels"
-    texts = {r.id: r.text for path in labels_dir.glob("*.jsonl") if path.name != "degeneration.jsonl"
-             for r in load_labelled_replies(path, shared_data)}
-    rows = [json.loads(line) for line in (labels_dir / "degeneration.jsonl").read_text().splitlines()]
+    texts = {r.id: r.text for path in labels_dir.glob("*.jsonl") for r in load_labelled_replies(path, shared_data)}
+    rows = [json.loads(line) for line in (labels_dir / "degeneration" / "labels.jsonl").read_text().splitlines()]
     held_out = [(is_degenerate(texts[r["id"]]), bool(r["degenerate"])) for r in rows if r["half"] == "held-out"]
     counts = {(p, g): sum(1 for x in held_out if x == (p, g)) for p in (True, False) for g in (True, False)}
     assert counts == {(True, True): 71, (True, False): 3, (False, True): 1, (False, False): 45}
