@@ -113,3 +113,27 @@ def safeedit_json(i: int, prompt: str | None = None, category: str | None = None
         },
         "knowledge constrain": {"prompt": "Capital of France?", "answer": "Paris"},
     }
+
+
+def save_tiny_chat_model(folder, seed: int = 0):
+    """A tiny llama with its tokenizer saved where `--model DIR` loads it; the final norm is scaled so that
+    greedy choices have large logit gaps and never hinge on rounding. Returns the folder."""
+    from detoxedit.models import get_adapter
+
+    model = tiny_model("llama", seed=seed)
+    with torch.no_grad():
+        get_adapter(model).final_norm.weight.mul_(8.0)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def cli(*argv) -> int:
+    """Runs the `detoxedit` command line in-process; returns its exit code."""
+    import pytest
+
+    from detoxedit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code

@@ -6,11 +6,9 @@ import json
 import statistics
 
 import pytest
-from tiny import safeedit_json, tiny_model, tiny_tokenizer
+from tiny import cli, safeedit_json, save_tiny_chat_model
 
-from detoxedit.cli import main
 from detoxedit.evaluation.records import read_jsonl
-from detoxedit.models import get_adapter
 
 
 @pytest.fixture()
@@ -19,17 +17,7 @@ def files(tmp_path, monkeypatch):
     test, train = tmp_path / "test.json", tmp_path / "train.json"
     test.write_text(json.dumps([safeedit_json(i) for i in range(3)]), encoding="utf-8")
     train.write_text(json.dumps([safeedit_json(i) for i in range(100, 105)]), encoding="utf-8")
-    model = tiny_model("llama")
-    get_adapter(model).final_norm.weight.data.mul_(8.0)
-    model.save_pretrained(tmp_path / "model")
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
-    return test, train, tmp_path / "model"
-
-
-def cli(*argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    return exit_info.value.code
+    return test, train, save_tiny_chat_model(tmp_path / "model")
 
 
 def test_instance_spread_runs_each_instance_on_the_whole_test_set_and_summarises(files, tmp_path, capsys):

@@ -14,33 +14,18 @@ import json
 import shutil
 
 import pytest
-from tiny import safeedit_json, tiny_model, tiny_tokenizer
+from tiny import cli, safeedit_json, save_tiny_chat_model
 
 import detoxedit.models as models_module
-from detoxedit.cli import main
 from detoxedit.evaluation.records import read_jsonl
 from detoxedit.methods.base import METHODS
-from detoxedit.models import get_adapter
 
-N_ITEMS = 4
-
-
-@pytest.fixture()
-def data_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "items.json"
-    path.write_text(json.dumps([safeedit_json(i) for i in range(N_ITEMS)]), encoding="utf-8")
-    return path
+N_ITEMS = 4  # the items of the `data_file` fixture (tests/unit/conftest.py)
 
 
 @pytest.fixture()
 def model_dir(tmp_path):
-    model = tiny_model("llama")
-    get_adapter(model).final_norm.weight.data.mul_(8.0)  # large logit gaps: greedy never hinges on rounding
-    folder = tmp_path / "tiny-model"
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_chat_model(tmp_path / "tiny-model")
 
 
 @pytest.fixture()
@@ -50,12 +35,6 @@ def no_model_load(monkeypatch):
         raise AssertionError("a model was loaded before the bad input was refused")
 
     monkeypatch.setattr(models_module, "load_model", refuse)
-
-
-def cli(*argv) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    return exit_info.value.code
 
 
 def common(model_dir, data_file, *extra):
@@ -228,10 +207,7 @@ def test_a_delta_is_not_applied_twice_and_every_saved_model_records_its_provenan
 def test_a_delta_made_on_another_base_model_is_refused(model_dir, data_file, tmp_path, capsys):
     edited = tmp_path / "edited"
     assert dinm_edit(model_dir, data_file, edited) == 0
-    other = tmp_path / "other-base"
-    model = tiny_model("llama", seed=7)
-    model.save_pretrained(other)
-    tiny_tokenizer().save_pretrained(other)
+    other = save_tiny_chat_model(tmp_path / "other-base", seed=7)
     assert cli("apply-delta", "--model", other, "--delta", edited, "--save", tmp_path / "mixed") == 2
     assert "made on base model" in capsys.readouterr().err
 
@@ -313,21 +289,13 @@ def _replies(folder) -> dict:
 # ---------------------------------------------------------------- the review's findings (one test each)
 
 
-def save_tiny(folder, seed=0):
-    model = tiny_model("llama", seed=seed)
-    get_adapter(model).final_norm.weight.data.mul_(8.0)
-    model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def test_a_model_changed_in_place_is_not_resumed(data_file, tmp_path, capsys):
-    model = save_tiny(tmp_path / "m")
+    model = save_tiny_chat_model(tmp_path / "m")
     run = tmp_path / "run"
     args = ["evaluate", "--model", model, "--data", data_file, "--judge", "refusal", "--max-new-tokens", 4,
             "--limit", 2, "--out", run]
     assert cli(*args) == 0
-    save_tiny(model, seed=7)  # other weights, same path
+    save_tiny_chat_model(model, seed=7)  # other weights, same path
     assert cli(*args) == 2
     assert "--model file contents changed" in capsys.readouterr().err
 
@@ -349,7 +317,7 @@ def test_general_ability_files_are_read_before_model_work(data_file, tmp_path, c
 
 
 def test_overwrite_never_discards_a_folder_that_is_not_a_run(model_dir, data_file, tmp_path, capsys):
-    target = save_tiny(tmp_path / "a-model")
+    target = save_tiny_chat_model(tmp_path / "a-model")
     before = (target / "config.json").read_bytes()
     assert cli("evaluate", *common(model_dir, data_file), "--out", target, "--overwrite") == 2
     assert "not a detoxedit run's" in capsys.readouterr().err
@@ -405,7 +373,7 @@ def test_save_may_not_be_the_commands_own_input(model_dir, data_file, tmp_path, 
 
 
 def test_a_run_folder_delta_keeps_the_base_it_was_made_on(data_file, tmp_path, monkeypatch):
-    save_tiny(tmp_path / "work" / "model")
+    save_tiny_chat_model(tmp_path / "work" / "model")
     train = tmp_path / "train.json"
     train.write_text(json.dumps([safeedit_json(i) for i in range(100, 103)]), encoding="utf-8")
     monkeypatch.chdir(tmp_path / "work")
@@ -415,7 +383,7 @@ def test_a_run_folder_delta_keeps_the_base_it_was_made_on(data_file, tmp_path, m
     monkeypatch.chdir(tmp_path)  # "model" now names nothing; the run recorded its base's hash
     assert cli("apply-delta", "--model", tmp_path / "work" / "model", "--delta", tmp_path / "run",
                "--save", tmp_path / "saved") == 0
-    other = save_tiny(tmp_path / "other", seed=7)
+    other = save_tiny_chat_model(tmp_path / "other", seed=7)
     assert cli("apply-delta", "--model", other, "--delta", tmp_path / "run", "--save", tmp_path / "wrong") == 2
 
 

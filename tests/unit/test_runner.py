@@ -23,7 +23,7 @@ from detoxedit.settings import parse_set_values
 
 
 
-N_ITEMS = 4
+N_ITEMS = 4  # the items of the `data_file` fixture (tests/unit/conftest.py)
 
 
 @dataclass
@@ -100,14 +100,6 @@ class FakeJudge(Judge):
         if self.fail_on_call is not None and self.calls >= self.fail_on_call:
             raise KeyboardInterrupt("simulated kill")
         return [float(len(t) % 2) for t in texts]
-
-
-@pytest.fixture()
-def data_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "items.json"
-    path.write_text(json.dumps([safeedit_json(i) for i in range(N_ITEMS)]), encoding="utf-8")
-    return path
 
 
 @pytest.fixture()
