@@ -296,7 +296,7 @@ def _shared_correction(runs: Sequence[RunData], rows: Sequence[tuple[str, dict[s
 
 
 COST_KEYS = (("seconds", "fit wall time (s)", "{:.0f}"), ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
-             ("trainable_parameters", "trainable parameters", "{:,}"), ("examples", "training examples", "{}"))
+             ("trainable_parameters", "trainable parameters", "{:,.0f}"), ("examples", "training examples", "{}"))
 
 
 def general_setting_report(folders: Sequence[Path | str]) -> str:

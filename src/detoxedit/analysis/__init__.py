@@ -1,2 +1,3 @@
 """Analyses of runs and edited models: figures of a run folder (`figures`), and the mechanism analysis
-(toxic probe, region toxicity, information flow) as it is added."""
+(`probe`: the toxic probe; `mechanism`: region toxicity, activation flow, logit lens; `detoxified`:
+what a detoxified model changed; `analyze`: the `detoxedit analyze` command's work)."""

@@ -1,8 +1,8 @@
 """Figures of a run folder: where the edits went (located layers) and why (per-layer distances).
 
 Drawn with matplotlib's Agg backend (no display needed), imported only when a figure is drawn.
-The report embeds them; the coming mechanism analysis (toxic probe, region toxicity, activation
-shift) adds its figures beside these.
+The report embeds them; `detoxedit analyze` draws the mechanism analysis's figures (region
+toxicity change and activation shift per method, and per layer).
 """
 
 from __future__ import annotations
@@ -51,6 +51,50 @@ def distance_profile(items: list[dict[str, Any]], path: Path) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def mechanism_bars(summary: dict[str, Any], path: Path) -> None:
+    """The paper's figure: per method, the region's toxicity change and the activation shift at the analysed layer."""
+    labels = list(summary["methods"])
+    rows = [summary["methods"][label]["layer"] for label in labels]
+    toxicity = [r["region_toxicity"]["relative_change_pct"] or 0.0 for r in rows]
+    shift = [r["activation_shift_pct"] for r in rows]
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.bar(labels, toxicity, color="#c44e52")
+    left.axhline(0, color="black", linewidth=0.8)
+    left.set_ylabel("change (%)")
+    left.set_title("Toxicity of the toxic region")
+    right.bar(labels, shift, color="#4c72b0")
+    right.set_ylabel("shift (%)")
+    right.set_title("Activation shift into the region")
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"Layer {summary['layer']}: erase (left) or route around (right)?", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def mechanism_profiles(summary: dict[str, Any], path: Path) -> None:
+    """Both quantities per layer, one line per method (the analysed layer marked)."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.4), sharex=True)
+    for label, result in summary["methods"].items():
+        layers = [r["layer"] for r in result["per_layer"]]
+        top.plot(layers, [r["region_toxicity"]["change"] for r in result["per_layer"]], marker=".", label=label)
+        bottom.plot(layers, [r["activation_shift_pct"] for r in result["per_layer"]], marker=".", label=label)
+    for ax in (top, bottom):
+        ax.axvline(summary["layer"], color="grey", linestyle=":", linewidth=1)
+    top.axhline(0, color="black", linewidth=0.8)
+    top.set_ylabel("region toxicity change\n(mean cosine, after - before)")
+    bottom.set_ylabel("activation shift (%)")
+    bottom.set_xlabel("layer")
+    top.legend(fontsize=8)
+    top.set_title("Per-layer profile of each method")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
 
 
 def _pyplot():

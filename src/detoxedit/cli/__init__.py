@@ -60,6 +60,7 @@ def _register_commands() -> None:
     from detoxedit.cli import eval_cmds  # noqa: F401
     from detoxedit.cli import build_cmds  # noqa: F401
     from detoxedit.cli import judge_cmds  # noqa: F401
+    from detoxedit.cli import analysis_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,7 @@ class Objective:
     kl_grad: bool = True
     fast_prefix: bool = True
     edit_prefix: Any = None  # layer `layer - 1`'s output for the edit input, if localisation computed it
+    unlikelihood_weight: float = 0.0  # weight of `repetition_unlikelihood` on the edit target; 0: off
     _runs: dict[str, SuffixForward] = field(default_factory=dict, init=False, repr=False)
     _kl_probs: torch.Tensor | None = field(default=None, init=False, repr=False)  # the original's probabilities
     _kl_neg_entropy: torch.Tensor | None = field(default=None, init=False, repr=False)
@@ -139,6 +140,9 @@ class Objective:
         targets = self.edit.input_ids[:, -self.edit.target_len:].to(logits.device)  # (1, target)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         parts = {"nll": nll, "loss": self.edit_weight * nll}
+        if self.unlikelihood_weight:
+            parts["unlikelihood"] = repetition_unlikelihood(logits, targets)
+            parts["loss"] = parts["loss"] + self.unlikelihood_weight * parts["unlikelihood"]
         if self._kl_probs is not None:
             with contextlib.nullcontext() if self.kl_grad else torch.no_grad():
                 edited = F.log_softmax(self._target_logits("kl", weight), dim=-1)  # (1, answer, vocab)
@@ -146,6 +150,22 @@ class Objective:
             parts["kl"] = kl
             parts["loss"] = parts["loss"] + self.kl_weight * kl
         return parts
+
+
+def repetition_unlikelihood(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Token-level unlikelihood against repetition (Welleck et al. 2020): at each target position, the mean
+    over positions of -sum log(1 - p(c)) over the tokens c the target already used before that position
+    (except the token that is correct there). It lowers the odds of repeating earlier words while the NLL
+    still teaches the reply itself. logits (1, T, vocab), targets (1, T)."""
+    probs = logits.float().softmax(dim=-1)[0]  # (T, vocab)
+    tokens = targets[0].to(probs.device)  # (T,)
+    length = tokens.shape[0]
+    earlier = torch.tril(torch.ones(length, length, dtype=torch.bool, device=probs.device), diagonal=-1).nonzero()
+    seen = torch.zeros_like(probs, dtype=torch.bool)  # (T, vocab): [t, c] c occurs in tokens[:t]
+    seen[earlier[:, 0], tokens[earlier[:, 1]]] = True
+    seen[torch.arange(length, device=probs.device), tokens] = False
+    penalty = -torch.log1p(-probs.clamp(max=1 - 1e-6)) * seen  # (T, vocab)
+    return penalty.sum() / length
 
 
 @dataclass
@@ -247,6 +267,7 @@ def run_single_layer_edit(
     kl_grad: bool = True,
     loss_threshold: float | None = None,
     found: Localisation | None = None,
+    unlikelihood_weight: float = 0.0,
 ) -> tuple[str, TuningResult]:
     """Builds the objective for `layer`'s down-projection and tunes it; returns (param name, result).
 
@@ -258,7 +279,7 @@ def run_single_layer_edit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         objective = Objective(model, param_name, layer, edit, kl, edit_weight, kl_weight, kl_grad, config.fast_prefix,
-                              edit_prefix=prefix)
+                              edit_prefix=prefix, unlikelihood_weight=unlikelihood_weight)
         result = tune(objective, steps=config.steps, lr=config.lr, norm_constraint=config.norm_constraint,
                       loss_threshold=loss_threshold, context=context)
     logger.debug("%s: layer %d, %d steps, loss %.4f -> %.4f", context, layer, result.steps_run, result.losses[0], result.losses[-1])

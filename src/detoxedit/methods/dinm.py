@@ -48,11 +48,14 @@ class DINMConfig(SingleLayerConfig):
     kl_weight: float = option(1.0, "Weight of the knowledge-constraint KL(original || edited).")
     suffix_system_prompt: str | None = option(None, "Text appended (after a space) to the edit and KL inputs; None: nothing.")
     easyedit_compat: bool = option(False, "Reproduce the reference code's behaviour, defects included (see docs).")
+    unlikelihood_weight: float = option(0.0, "Weight of an unlikelihood term against repeating the target's earlier "
+                                             "tokens (a remedy for looping replies, docs/degeneration.md); 0: off.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.c_edit > 0, f"c_edit must be > 0, got {self.c_edit}")
         check(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
+        check(self.unlikelihood_weight >= 0, f"unlikelihood_weight must be >= 0, got {self.unlikelihood_weight}")
 
 
 def with_suffix(text: str, suffix: str | None) -> str:
@@ -98,7 +101,7 @@ class DINM(EditMethod):
         threshold = cfg.loss_threshold if cfg.loss_threshold is not None or not compat else REFERENCE_LOSS_THRESHOLD
         name, result = run_single_layer_edit(
             model, layer, edit, cfg, context, kl=kl, edit_weight=cfg.c_edit, kl_weight=cfg.kl_weight,
-            kl_grad=not compat, loss_threshold=threshold, found=found,
+            kl_grad=not compat, loss_threshold=threshold, found=found, unlikelihood_weight=cfg.unlikelihood_weight,
         )
         return make_edit(self.name, name, layer, result, found, start, suffix_system_prompt=suffix,
                          chat_format=fmt.resolved_mode, easyedit_compat=compat)

@@ -27,6 +27,7 @@ from torch import nn
 
 from detoxedit.config import check, option
 from detoxedit.errors import ConfigError
+from detoxedit.methods._trl import peak_rss_mb
 from detoxedit.methods._tuning import down_projections
 from detoxedit.methods.base import GLOBAL, METHODS, Edit, EditMethod, applied
 from detoxedit.methods.dinm import DINM, DINMConfig
@@ -99,7 +100,8 @@ class DINMGlobal(EditMethod):
                           "seconds": edit.info.get("seconds"), "distances": edit.info.get("distances")})
         layers = {s["layer"] for s in steps}
         info = {"method": self.name, "instances": [s["item_id"] for s in steps], "combine": cfg.combine,
-                "per_instance": steps, "seconds": time.perf_counter() - start,
+                "per_instance": steps, "seconds": time.perf_counter() - start, "examples": len(steps),
+                "peak_rss_mb": peak_rss_mb(),
                 "trainable_parameters": sum(int(d.numel()) for d in total.values()),
                 "distances": steps[0]["distances"] if len(steps) == 1 else None}
         return Edit(total, layer=layers.pop() if len(layers) == 1 else None,
