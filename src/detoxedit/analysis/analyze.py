@@ -163,22 +163,31 @@ def mechanism_markdown(summary: dict[str, Any]) -> str:
     """The analysis as Markdown: one row per method at the analysed layer, then each method's logit lens."""
     probe = summary["probe"]
     held = probe.get("held_out") or {}
-    accuracy = f"{held['accuracy']:.3f} on {held['n']} held-out texts" if held.get("accuracy") is not None else "not measured"
+    accuracy = "not measured"
+    if held.get("accuracy") is not None:
+        accuracy = (f"{held['accuracy']:.3f} on {held['n']} held-out texts (recall on unsafe "
+                    f"{_ratio(held.get('recall_unsafe'))}, specificity {_ratio(held.get('specificity'))})")
     lines = [f"# Mechanism analysis (layer {summary['layer']})", "",
              f"Toxic probe: trained on {probe['trained_on'].get('examples', '?')} labelled texts; accuracy {accuracy}. "
              f"Activations averaged over {summary['n_prompts']} adversarial prompts.", "",
              "| method | region toxicity (mean cos) before → after | change | activation shift | "
-             "toxic neurons: cos change | toxic neurons: activation change | toxic write: weight part | activation part |",
-             "|---|---|---|---|---|---|---|---|"]
+             "toxic neurons: cos change | toxic neurons: activation change | toxic write before → after | "
+             "weight part | activation part |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, result in summary["methods"].items():
         row = result["layer"]
         region, neurons, write = row["region_toxicity"], row["toxic_neurons"], row["toxic_write"]
         lines.append(f"| {label} | {region['before']:.5f} → {region['after']:.5f} | {_pct(region['relative_change_pct'])} | "
                      f"{row['activation_shift_pct']:.2f}% | {_pct(neurons['cosine_relative_change_pct'])} | "
-                     f"{_pct(neurons['activation_relative_change_pct'])} | {write['weight_part']:+.4f} | "
-                     f"{write['activation_part']:+.4f} |")
-    lines += ["", "Toxic write: the region's mean output projected on the toxic direction, d.(W a), before "
-              "→ after = before + weight part + activation part + interaction.", ""]
+                     f"{_pct(neurons['activation_relative_change_pct'])} | {write['before']:.4f} → {write['after']:.4f} | "
+                     f"{write['weight_part']:+.4f} | {write['activation_part']:+.4f} |")
+    lines += ["", "Toxic write: the region's mean output projected on the toxic direction, d.(W a); after = before + "
+              "weight part + activation part + interaction. Toxic neurons: the value vectors most aligned with the "
+              "toxic direction in the original model.", ""]
+    mean = abs(next(iter(summary["methods"].values()))["layer"]["region_toxicity"]["before"]) if summary["methods"] else 0
+    if mean < 0.01:
+        lines += [f"Note: the mean cosine at this layer is {mean:.5f} in size, close to 0, so its relative change is "
+                  "large for a small absolute change; read the absolute values beside it.", ""]
     for label, result in summary["methods"].items():
         lines += [f"## Logit lens: {label}", "", "| neuron | cos before → after | norm change | promotes before | after |",
                   "|---|---|---|---|---|"]
@@ -188,6 +197,10 @@ def mechanism_markdown(summary: dict[str, Any]) -> str:
                          f"{_tokens(row['tokens_after'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def _tokens(tokens: Sequence[str]) -> str:

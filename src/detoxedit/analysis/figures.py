@@ -54,23 +54,34 @@ def distance_profile(items: list[dict[str, Any]], path: Path) -> bool:
 
 
 def mechanism_bars(summary: dict[str, Any], path: Path) -> None:
-    """The paper's figure: per method, the region's toxicity change and the activation shift at the analysed layer."""
+    """The paper's figure, per method at the analysed layer: the region's toxicity change and the activation
+    shift; plus the toxic write's change split into its weight part (erasing) and activation part (routing)."""
     labels = list(summary["methods"])
     rows = [summary["methods"][label]["layer"] for label in labels]
     toxicity = [r["region_toxicity"]["relative_change_pct"] or 0.0 for r in rows]
     shift = [r["activation_shift_pct"] for r in rows]
+    scale = [abs(r["toxic_write"]["before"]) or 1.0 for r in rows]
+    weight = [100 * r["toxic_write"]["weight_part"] / s for r, s in zip(rows, scale)]
+    activation = [100 * r["toxic_write"]["activation_part"] / s for r, s in zip(rows, scale)]
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(12, 3.6))
     left.bar(labels, toxicity, color="#c44e52")
-    left.axhline(0, color="black", linewidth=0.8)
     left.set_ylabel("change (%)")
-    left.set_title("Toxicity of the toxic region")
-    right.bar(labels, shift, color="#4c72b0")
-    right.set_ylabel("shift (%)")
-    right.set_title("Activation shift into the region")
-    for ax in (left, right):
+    left.set_title("Toxicity of the region (mean cosine)", fontsize=10)
+    middle.bar(labels, shift, color="#4c72b0")
+    middle.set_ylabel("shift (%)")
+    middle.set_title("Activation shift into the region", fontsize=10)
+    x = range(len(labels))
+    right.bar([i - 0.2 for i in x], weight, width=0.4, color="#c44e52", label="weight part (erase)")
+    right.bar([i + 0.2 for i in x], activation, width=0.4, color="#4c72b0", label="activation part (route)")
+    right.set_xticks(list(x), labels)
+    right.set_ylabel("% of |d.(W a)| before")
+    right.set_title("Change of what the region writes\nalong the toxic direction", fontsize=10)
+    right.legend(fontsize=7)
+    for ax in (left, middle, right):
+        ax.axhline(0, color="black", linewidth=0.8)
         ax.tick_params(axis="x", rotation=30)
-    fig.suptitle(f"Layer {summary['layer']}: erase (left) or route around (right)?", fontsize=10)
+    fig.suptitle(f"Layer {summary['layer']}: does a method erase the toxic region or route around it?", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
