@@ -62,6 +62,7 @@ def test_a_global_run_records_its_training_cost(files, tmp_path):
                "refusal", "--max-new-tokens", 4, "--set", "steps=2", "--set", "layer=1", "--out", tmp_path / "run") == 0
     fit = json.loads((tmp_path / "run" / "metrics.json").read_text())["fit"]
     assert fit["seconds"] > 0 and fit["trainable_parameters"] == 64 * 32  # one down-projection of the tiny model
+    assert fit["examples"] == 1 and fit["peak_rss_mb"] > 0  # one instance; the same memory measure as SFT/DPO
 
 
 def test_a_fitted_run_becomes_a_standard_checkpoint_with_apply_delta(files, tmp_path):
