@@ -6,7 +6,9 @@ For each item: (1) locate the layer whose hidden states separate the safe from t
     c_edit * NLL(safe reply | adversarial input [+ suffix]) + kl_weight * KL(original || edited)
 
 where the KL compares the original and the edited model's next-token distributions over the
-knowledge-constraint answer given its prompt, so that general knowledge is kept.
+knowledge-constraint answer given its prompt, so that general knowledge is kept. Beyond the paper,
+`unlikelihood_weight > 0` adds an unlikelihood term against repeating the safe reply's earlier tokens
+(`_tuning.repetition_unlikelihood`; measured in docs/degeneration.md, off by default).
 
 `easyedit_compat: true` reproduces the reference implementation (EasyEdit) for comparison, defects
 included: the first item's located layer is reused for every later item of a run; the KL term is
