@@ -127,7 +127,7 @@ def resolve_layer(cfg: AnalysisConfig, model: nn.Module, tokenizer: Any, items: 
         return cfg.layer
     recorded = [m.get("layer") for m in metas if isinstance(m.get("layer"), int)]
     if recorded:
-        logger.info("Analysed layer %d: the layer the edit %s", recorded[0], "changed")
+        logger.info("Analysed layer %d: the layer the first --against edit changed", recorded[0])
         return recorded[0]
     votes = Counter(locate_toxic_layer(model, tokenizer, item, chat=cfg.chat_format,
                                        max_input_tokens=cfg.max_input_tokens).layer for item in items[:LOCATE_ITEMS])

@@ -28,7 +28,7 @@ from torch import nn
 
 from detoxedit.errors import DetoxeditError
 from detoxedit.files import atomic_write_text, read_text_file
-from detoxedit.judges.training import Example, agreement, split_by_group
+from detoxedit.judges.training import Example, agreement, count_by_source, split_by_group
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ToxicProbe:
     """A unit toxic direction in the last layer's hidden-state space, with how well it separates held-out text."""
 
     direction: list[float]  # (d_model,), unit norm; positive means "more unsafe"
-    bias: float = 0.0  # logit offset in standardised space (kept to score texts again)
+    bias: float = 0.0  # the fitted intercept (standardised feature space), for the record; the analysis uses the direction
     held_out: dict[str, Any] = field(default_factory=dict)  # accuracy, recall, specificity, n
     trained_on: dict[str, Any] = field(default_factory=dict)  # examples per source and label
 
@@ -139,11 +139,9 @@ def train_probe(model: nn.Module, tokenizer: Any, examples: Sequence[Example], *
         logger.info("Toxic probe, held-out accuracy %.3f on %d texts (%d request groups)", held_out["accuracy"],
                     len(test), len({e.group for e in test}))
     direction, bias, _ = fit_probe(features, [e.label for e in examples], seed=seed)
-    counts: dict[str, dict[str, int]] = {}
-    for e in examples:
-        counts.setdefault(e.source, {"safe": 0, "unsafe": 0})["unsafe" if e.label else "safe"] += 1
     return ToxicProbe(direction=direction.astype(float).tolist(), bias=bias, held_out=held_out,
-                      trained_on={"examples": len(examples), "by_source": counts, "holdout": holdout, "seed": seed})
+                      trained_on={"examples": len(examples), "by_source": count_by_source(examples),
+                                  "holdout": holdout, "seed": seed})
 
 
 def probe_examples(data_files: Sequence[str | Path], label_files: Sequence[str | Path] = (),
