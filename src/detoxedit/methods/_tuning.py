@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -77,13 +78,30 @@ class Example:
     target_len: int
 
 
-def encode_example(fmt: ChatFormat, message: str, reply: str, max_input_tokens: int | None, what: str) -> Example:
-    """Renders `message` with the chat format and appends the reply's tokens (sliced by ids, not chars)."""
+def encode_example(fmt: ChatFormat, message: str, reply: str, max_input_tokens: int | None, what: str,
+                   end_of_turn: bool = False) -> Example:
+    """Renders `message` with the chat format and appends the reply's tokens (sliced by ids, not chars);
+    `end_of_turn` appends the token the generator stops at, so that the reply is learnt as a whole turn."""
     prompt = truncate_left(fmt.encode(message), max_input_tokens)
     target = fmt.encode_reply(reply)
     if not target:
         raise DetoxeditError(f"{what}: the reply to train on is empty")
+    if end_of_turn:
+        target = target + fmt.end_of_reply_ids()
     return Example(torch.tensor([prompt + target], dtype=torch.long), len(target))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def first_sentences(text: str, count: int | None) -> str:
+    """The first `count` sentences of `text` (split after . ! ? followed by white space); None: all of it.
+
+    A shorter edit target is one of the remedies for looping replies measured in docs/degeneration.md.
+    """
+    if count is None:
+        return text
+    return " ".join(_SENTENCE_END.split(text.strip())[:count])
 
 
 @dataclass

@@ -31,6 +31,7 @@ from detoxedit.methods._tuning import (
     SingleLayerConfig,
     down_projections,
     encode_example,
+    first_sentences,
     make_edit,
     resolve_layer,
     run_single_layer_edit,
@@ -52,12 +53,18 @@ class DINMConfig(SingleLayerConfig):
     easyedit_compat: bool = option(False, "Reproduce the reference code's behaviour, defects included (see docs).")
     unlikelihood_weight: float = option(0.0, "Weight of an unlikelihood term against repeating the target's earlier "
                                              "tokens (a remedy for looping replies, docs/degeneration.md); 0: off.")
+    target_sentences: int | None = option(None, "Train on only the safe reply's first N sentences (a shorter target, "
+                                                "docs/degeneration.md); None: the whole reply.")
+    target_end_of_turn: bool = option(False, "Append the end-of-turn token to the safe reply, so that the edit "
+                                             "teaches the model to stop after refusing (docs/degeneration.md).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.c_edit > 0, f"c_edit must be > 0, got {self.c_edit}")
         check(self.kl_weight >= 0, f"kl_weight must be >= 0, got {self.kl_weight}")
         check(self.unlikelihood_weight >= 0, f"unlikelihood_weight must be >= 0, got {self.unlikelihood_weight}")
+        check(self.target_sentences is None or self.target_sentences >= 1,
+              f"target_sentences must be >= 1 or None, got {self.target_sentences}")
 
 
 def with_suffix(text: str, suffix: str | None) -> str:
@@ -96,8 +103,9 @@ class DINM(EditMethod):
         layer, found = self._layer(model, tokenizer, item, fmt)
         context = f"item {item.id}"
         kc = item.knowledge_constraint
-        edit = encode_example(fmt, with_suffix(item.adversarial_prompt, suffix), item.safe_generation,
-                              cfg.max_input_tokens, f"{context}, field 'safe generation'")
+        edit = encode_example(fmt, with_suffix(item.adversarial_prompt, suffix),
+                              first_sentences(item.safe_generation, cfg.target_sentences), cfg.max_input_tokens,
+                              f"{context}, field 'safe generation'", end_of_turn=cfg.target_end_of_turn)
         kl = encode_example(fmt, with_suffix(kc.prompt, suffix), kc.answer, cfg.max_input_tokens,
                             f"{context}, field 'knowledge constrain'.'answer'")
         threshold = cfg.loss_threshold if cfg.loss_threshold is not None or not compat else REFERENCE_LOSS_THRESHOLD

@@ -67,6 +67,14 @@ class ChatFormat:
         """Token ids of the rendered prompt."""
         return self.tokenizer(self.render(message), add_special_tokens=self.add_special_tokens)["input_ids"]
 
+    def end_of_reply_ids(self) -> list[int]:
+        """The token the generator stops at (the tokenizer's EOS; `<|im_end|>` for ChatML templates), so that a
+        reply trained with it teaches the model to stop after the reply rather than go on writing."""
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise DetoxeditError("the tokenizer has no EOS token, so a reply cannot be trained to end")
+        return [int(eos)]
+
     def cut_reply(self, reply: str) -> str:
         """The reply up to the next turn a base model writes itself in plain mode ("\\nUser:")."""
         if self.resolved_mode != "plain":
