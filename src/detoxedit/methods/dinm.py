@@ -6,9 +6,11 @@ For each item: (1) locate the layer whose hidden states separate the safe from t
     c_edit * NLL(safe reply | adversarial input [+ suffix]) + kl_weight * KL(original || edited)
 
 where the KL compares the original and the edited model's next-token distributions over the
-knowledge-constraint answer given its prompt, so that general knowledge is kept. Beyond the paper,
-`unlikelihood_weight > 0` adds an unlikelihood term against repeating the safe reply's earlier tokens
-(`_tuning.repetition_unlikelihood`; measured in docs/degeneration.md, off by default).
+knowledge-constraint answer given its prompt, so that general knowledge is kept. Beyond the paper (all off by
+default, measured in docs/degeneration.md): `target_end_of_turn` appends the end-of-turn token to the safe reply,
+so that the edit teaches the model to stop after refusing instead of looping (the paper's target never ends);
+`target_sentences` trains on the reply's first sentences only; `unlikelihood_weight > 0` adds an unlikelihood
+term against repeating the safe reply's earlier tokens (`_tuning.repetition_unlikelihood`).
 
 `easyedit_compat: true` reproduces the reference implementation (EasyEdit) for comparison, defects
 included: the first item's located layer is reused for every later item of a run; the KL term is
