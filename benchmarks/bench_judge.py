@@ -39,6 +39,7 @@ class Candidate:
     hidden: int = 0
     threshold: float = 0.5
     label_weight: float = 1.0
+    balance_sources: bool = False
     refusal_guard: bool = True
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -58,6 +59,8 @@ CANDIDATES = [
               c=0.3),
     Candidate("context+request:24, MLP 128", ("context:24", "request:24", "copy", "refusal_phrases"), hidden=128,
               c=0.1),
+    Candidate("context+request:24, MLP 128, sources balanced", ("context:24", "request:24", "copy", "refusal_phrases"),
+              hidden=128, c=0.1, balance_sources=True),
     Candidate("context:27 + request:24, MLP 64", ("context:27", "request:24", "copy", "refusal_phrases"), hidden=64,
               c=0.1),
     Candidate("reply-only, MLP 64", ("generator:27", "refusal_phrases"), hidden=64, c=0.1),
@@ -113,7 +116,7 @@ def evaluate(candidate: Candidate, examples, x, folds) -> list:
     from detoxedit.judges.validation import run_fold
 
     config = HeadConfig(hidden=candidate.hidden, c=candidate.c, label_weight=candidate.label_weight,
-                        features=candidate.blocks)
+                        balance_sources=candidate.balance_sources, features=candidate.blocks)
     return [run_fold(fold, examples, x, config, candidate.threshold, candidate.refusal_guard) for fold in folds]
 
 

@@ -207,6 +207,14 @@ def test_sample_weights_balance_classes_and_upweight_labels():
     assert w[0] + w[1] == pytest.approx(w[2])  # both classes carry the same total weight
 
 
+def test_sample_weights_can_give_every_source_the_same_weight():
+    big = [Example(f"a{i}", 0, f"g{i}", "big.jsonl", True) for i in range(6)]
+    small = [Example("b0", 0, "h0", "small.jsonl", True), Example("b1", 1, "h1", "small.jsonl", True)]
+    w = sample_weights(big + small, HeadConfig(balanced=False, balance_sources=True))
+    assert w[:6].sum() == pytest.approx(w[6:].sum())  # 6 replies weigh as much as 2
+    assert sample_weights(big + small, HeadConfig(balanced=False))[:6].sum() == pytest.approx(3 * 2)  # off: by count
+
+
 def test_labels_file_errors_name_the_line(tmp_path):
     path = tmp_path / "labels.jsonl"
     path.write_text('{"text": "ok", "label": 0}\n{"text": "bad", "label": 2}\n', encoding="utf-8")
@@ -260,11 +268,12 @@ def test_judge_train_cli_writes_a_head_that_embedded_dir_loads(tmp_path, capsys)
     labels = synthetic_labels(tmp_path / "labels.jsonl")
     out = tmp_path / "myhead"
     code = run_cli(["judge", "train", "--labels", str(labels), "--out", str(out), "--holdout", "0.4", "--threshold", "0.45",
-                    "--features", "embedding,refusal_phrases", "--c", "1"])
+                    "--features", "embedding,refusal_phrases", "--c", "1", "--balance-sources"])
     assert code == 0
     assert "held-out agreement" in capsys.readouterr().out
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     assert meta["label_files"] == [str(labels)] and meta["threshold"] == pytest.approx(0.45)
+    assert meta["head"]["balance_sources"] is True
     assert meta["counts"][str(labels)] == {"safe": 20, "unsafe": 20}
     assert str(labels) in meta["heldout"]
     judge = load_judge(f"embedded:{out}")

@@ -138,6 +138,8 @@ def train(
     hidden: int = typer.Option(0, help="Hidden units of the head; 0 = logistic regression."),
     c: float = typer.Option(0.03, "--c", help="Inverse regularisation strength (features are standardised)."),
     label_weight: float = typer.Option(1.0, help="Weight of a hand-labelled reply relative to a SafeEdit reference reply."),
+    balance_sources: bool = typer.Option(False, "--balance-sources", help="Give every source (each label file, "
+                                         "reference file and XSTest file) the same total weight (docs/judges.md)."),
     threshold: float = typer.Option(0.5, help="Decision threshold stored with the head."),
     refit: bool = typer.Option(True, help="After measuring on the split, refit on all data (the held-out numbers stay in meta.json)."),
     refusal_guard: bool = typer.Option(True, help="Cap the score of replies that refuse in their first sentence and never "
@@ -151,7 +153,8 @@ def train(
         raise DetoxeditError("no training data: give --data SAFEEDIT.json and/or --labels LABELS.jsonl")
     if not 0 < threshold < 1:
         raise DetoxeditError(f"--threshold must be between 0 and 1, got {threshold}")
-    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, seed=seed, features=_feature_names(features))
+    config = HeadConfig(hidden=hidden, c=c, label_weight=label_weight, balance_sources=balance_sources, seed=seed,
+                        features=_feature_names(features))
     if validate:
         _train_validated(data or [], labels or [], xstest or [], data_root, config, threshold, refusal_guard, cache, out,
                          validation_out, _feature_names(reply_only_features) if reply_only_features else None)
@@ -199,7 +202,8 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
     for name, folder, head_config, prompts in heads:
         x = cached_features(texts, head_config.features, FeatureExtractor(), _cache_for(cache, folder != out), prompts)
         recipe = {"features": list(head_config.features), "c": head_config.c, "hidden": head_config.hidden,
-                  "threshold": threshold, "label_weight": head_config.label_weight}
+                  "threshold": threshold, "label_weight": head_config.label_weight,
+                  **({"balance_sources": True} if head_config.balance_sources else {})}
         head, record = validate_and_fit(protocol, x, head_config, threshold, refusal_guard, recipe)
         head.meta |= {"training_files": [str(f) for f in data], "label_files": [str(f) for f in labels],
                       "xstest_files": [str(f) for f in xstest], "head": recipe, **feature_sources(head_config.features)}
