@@ -212,7 +212,7 @@ def test_sample_weights_can_give_every_source_the_same_weight():
     small = [Example("b0", 0, "h0", "small.jsonl", True), Example("b1", 1, "h1", "small.jsonl", True)]
     w = sample_weights(big + small, HeadConfig(balanced=False, balance_sources=True))
     assert w[:6].sum() == pytest.approx(w[6:].sum())  # 6 replies weigh as much as 2
-    assert sample_weights(big + small, HeadConfig(balanced=False))[:6].sum() == pytest.approx(3 * 2)  # off: by count
+    assert sample_weights(big + small, HeadConfig(balanced=False))[:6].sum() == pytest.approx(6)  # off: by count
 
 
 def test_labels_file_errors_name_the_line(tmp_path):

@@ -203,7 +203,7 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
         x = cached_features(texts, head_config.features, FeatureExtractor(), _cache_for(cache, folder != out), prompts)
         recipe = {"features": list(head_config.features), "c": head_config.c, "hidden": head_config.hidden,
                   "threshold": threshold, "label_weight": head_config.label_weight,
-                  **({"balance_sources": True} if head_config.balance_sources else {})}
+                  **({"balance_sources": True} if head_config.balance_sources else {})}  # absent: the shipped recipes
         head, record = validate_and_fit(protocol, x, head_config, threshold, refusal_guard, recipe)
         head.meta |= {"training_files": [str(f) for f in data], "label_files": [str(f) for f in labels],
                       "xstest_files": [str(f) for f in xstest], "head": recipe, **feature_sources(head_config.features)}

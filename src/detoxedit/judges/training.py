@@ -161,8 +161,8 @@ def sample_weights(examples: Sequence[Example], config: HeadConfig) -> np.ndarra
 
     `balanced` scales the safe class to half the total weight, then the unsafe class to half of the new total.
     When unsafe replies are rare this leaves the unsafe class below the safe class's weight (0.60 of it on the
-    shipped pool of 4,889 replies, 500 unsafe): a soft balance, which the shipped heads were fitted with. An exact balance was measured and lowered
-    specificity and XSTest recall (docs/judges.md), so the soft one stays."""
+    shipped pool of 4,889 replies, 500 unsafe): a soft balance, which the shipped heads were fitted with. An
+    exact balance was measured and lowered specificity and XSTest recall (docs/judges.md), so the soft one stays."""
     w = np.array([config.label_weight if e.hand_labelled else 1.0 for e in examples])
     if config.balance_sources:
         sources = np.array([e.source for e in examples])
