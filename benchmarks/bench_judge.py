@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/bench_judge.py [--labels data/labels] [--data-root ../shared/data]
         [--cache ~/.cache/detoxedit/judge_features.npz] [--candidates NAME ...] [--json OUT.json]
 
+The "judging question" candidates (`judge_probe.py`) need their own forward pass per reply (about 30 minutes
+for every reply here, then cached beside --cache); they run only when named with --candidates.
+
 Loads the hand labels (data/labels/*.jsonl, prompts resolved against --data-root), the SafeEdit
 reference replies of both dev files and XSTest's labelled completions (train prompts in the pool,
 test prompts held out), computes every candidate's feature blocks once (cached: one forward of the
@@ -41,6 +44,7 @@ class Candidate:
     label_weight: float = 1.0
     balance_sources: bool = False
     refusal_guard: bool = True
+    probe: tuple[str, ...] = ()  # parts of the judging-question features (judge_probe.PARTS), after `blocks`
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -66,6 +70,19 @@ CANDIDATES = [
     Candidate("reply-only, MLP 64", ("generator:27", "refusal_phrases"), hidden=64, c=0.1),
     Candidate("reply-only + context:24 + request:24 + copy", ("generator:27", "context:24", "request:24", "copy",
                                                             "refusal_phrases")),
+    Candidate("context:18+24+27 + request:24, MLP 128", ("context:18", "context:24", "context:27", "request:24", "copy",
+                                                         "refusal_phrases"), hidden=128, c=0.1),
+    Candidate("context+request:18+24, MLP 128", ("context:18", "context:24", "request:18", "request:24", "copy",
+                                                 "refusal_phrases"), hidden=128, c=0.1),
+    Candidate("judging question: answer state 24+30, MLP 128", ("copy", "refusal_phrases"), hidden=128, c=0.1,
+              probe=("last24", "last30", "gap")),
+    Candidate("judging question: answer state 12-30, MLP 128", ("refusal_phrases",), hidden=128, c=0.1,
+              probe=("last12", "last18", "last24", "last30", "gap")),
+    Candidate("judging question: reply mean 24 + answer state 24, MLP 128", ("copy", "refusal_phrases"), hidden=128,
+              c=0.1, probe=("mean24", "last24", "gap")),
+    Candidate("shipped blocks + judging question answer state 24, MLP 128", ("context:24", "request:24", "copy",
+                                                                             "refusal_phrases"),
+              hidden=128, c=0.1, probe=("last24", "gap")),
 ]
 
 
@@ -136,7 +153,8 @@ def table(candidate: Candidate, results, examples) -> str:
     total = pooled(rows)
     lines.append(f"| **pooled leave-one-source-out** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
                  f"{total.tp} | {total.fn} | {total.fp} | {total.tn} |")
-    lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, examples, t) for t in SWEEP)]
+    lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, examples, t) for t in SWEEP),
+              "", "Threshold-free: " + areas(rows, examples)]
     return "\n".join(lines)
 
 
@@ -156,6 +174,21 @@ def sweep(results, examples, threshold: float) -> str:
     return f"t={threshold}: " + ", ".join(f"{k} {_f(a.recall)}/{_f(a.specificity)}" for k, a in parts.items())
 
 
+def areas(results, examples) -> str:
+    """Area under the ROC curve of the pooled fold scores per protocol: compares candidates without a threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    parts: dict[str, tuple[list, list]] = {"loso": ([], []), "refs": ([], []), "xstest": ([], [])}
+    for result in results:
+        name = result.fold.name
+        part = "loso" if name.startswith("loso:") else "refs" if name.startswith("references") else "xstest"
+        for i, score in zip(result.fold.test, result.scores):
+            if examples[i].label in (0.0, 1.0):
+                parts[part][0].append(examples[i].label)
+                parts[part][1].append(score)
+    return ", ".join(f"{k} AUC {roc_auc_score(y, s):.3f}" for k, (y, s) in parts.items() if len(set(y)) == 2)
+
+
 def _f(value: float) -> str:
     return "-" if value != value else f"{value:.3f}"
 
@@ -165,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=Path, default=ROOT / "data" / "labels")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "detoxedit" / "judge_features.npz")
-    parser.add_argument("--candidates", nargs="*", help="names (substrings) of the candidates to run; default: all")
+    parser.add_argument("--candidates", nargs="*",
+                        help="names (substrings) of the candidates to run; default: all but the judging-question ones")
     parser.add_argument("--json", type=Path, help="also write every number as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -178,11 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)
     print(f"{len(examples)} replies ({len(pool)} in the pool, {len(heldout)} held out); features in "
           f"{time.time() - start:.0f} s; folds: {', '.join(f.name for f in folds)}\n")
-    chosen = [c for c in CANDIDATES if not args.candidates or any(s in c.name for s in args.candidates)]
+    chosen = [c for c in CANDIDATES if any(s in c.name for s in args.candidates)] if args.candidates else \
+        [c for c in CANDIDATES if not c.probe]
+    probe = None
+    if any(c.probe for c in chosen):
+        import judge_probe
+
+        probe = judge_probe.cached([e.text for e in examples], [e.prompt for e in examples],
+                                   args.cache.with_name(args.cache.stem + "-question.npz"))
+        hand_labelled = [e.source in hand_sources for e in examples]
+        print(judge_probe.zero_shot([e.label for e in examples], probe, hand_labelled) + "\n")
     report = {}
     for candidate in chosen:
-        cols = columns(order, candidate.blocks, hidden_size)
-        results = evaluate(candidate, examples, x[:, cols], folds)
+        inputs = x[:, columns(order, candidate.blocks, hidden_size)]
+        if candidate.probe:
+            inputs = np.concatenate([inputs, judge_probe.columns(probe, candidate.probe)], axis=1)
+        results = evaluate(candidate, examples, inputs, folds)
         print(table(candidate, results, examples) + "\n", flush=True)
         report[candidate.name] = {r.fold.name: r.overall.as_dict() for r in results}
     if args.json:
