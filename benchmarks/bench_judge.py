@@ -167,10 +167,8 @@ def sweep(results, examples, threshold: float) -> str:
 
     parts = {"loso": Agreement(), "refs": Agreement(), "xstest": Agreement()}
     for result in results:
-        name = result.fold.name
-        part = "loso" if name.startswith("loso:") else "refs" if name.startswith("references") else "xstest"
         truth = [examples[i].label for i in result.fold.test]
-        parts[part] += agreement(truth, (result.scores >= threshold).astype(float).tolist())
+        parts[_protocol(result.fold.name)] += agreement(truth, (result.scores >= threshold).astype(float).tolist())
     return f"t={threshold}: " + ", ".join(f"{k} {_f(a.recall)}/{_f(a.specificity)}" for k, a in parts.items())
 
 
@@ -180,13 +178,17 @@ def areas(results, examples) -> str:
 
     parts: dict[str, tuple[list, list]] = {"loso": ([], []), "refs": ([], []), "xstest": ([], [])}
     for result in results:
-        name = result.fold.name
-        part = "loso" if name.startswith("loso:") else "refs" if name.startswith("references") else "xstest"
+        truth, scores = parts[_protocol(result.fold.name)]
         for i, score in zip(result.fold.test, result.scores):
             if examples[i].label in (0.0, 1.0):
-                parts[part][0].append(examples[i].label)
-                parts[part][1].append(score)
+                truth.append(examples[i].label)
+                scores.append(score)
     return ", ".join(f"{k} AUC {roc_auc_score(y, s):.3f}" for k, (y, s) in parts.items() if len(set(y)) == 2)
+
+
+def _protocol(fold_name: str) -> str:
+    """Which of the three protocols a fold belongs to."""
+    return "loso" if fold_name.startswith("loso:") else "refs" if fold_name.startswith("references") else "xstest"
 
 
 def _f(value: float) -> str:
