@@ -2,9 +2,16 @@
 
     .venv/bin/python benchmarks/bench_judge.py [--labels data/labels] [--data-root ../shared/data]
         [--cache ~/.cache/detoxedit/judge_features.npz] [--candidates NAME ...] [--json OUT.json]
+        [--sources NAME ...] [--by-request] [--errors-out DIR]
 
-The "judging question" candidates (`judge_probe.py`) need their own forward pass per reply (about 30 minutes
-for every reply here, then cached beside --cache); they run only when named with --candidates.
+--sources keeps only those label files (by name, e.g. smollm_chat): the shipped heads were fitted on the
+ten their `judge_validation.json` lists. --by-request adds a fourth protocol (`validation.request_folds`):
+five folds that leave out requests rather than sources, every source in training.
+
+The "judging question" candidates (`judge_probe.py`) and the "Gemma-3-270M reads" ones (another model's
+states: READER_BLOCKS) need their own forward pass per reply (about 30 minutes for every reply here, then
+cached beside --cache); they run only when named with --candidates. --errors-out DIR writes the first
+candidate's pooled counts per protocol as error-rates files for `detoxedit run --judge-errors`.
 
 Loads the hand labels (data/labels/*.jsonl, prompts resolved against --data-root), the SafeEdit
 reference replies of both dev files and XSTest's labelled completions (train prompts in the pool,
@@ -22,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -32,6 +40,11 @@ SAFEEDIT_FILES = ("safeedit_test_subset_dev.json", "safeedit_ccks2024_dev.json")
 # Every block any candidate reads; computed once per reply (two forwards: reply alone, reply after its request).
 ALL_BLOCKS = ("generator:18", "generator:24", "generator:27", "context:18", "context:24", "context:27",
               "novel:24", "novel:27", "request:18", "request:24", "request:27", "copy", "refusal_phrases")
+
+
+READER_BLOCKS = ("context:9", "context:14", "context:18", "request:9", "request:14", "request:18", "copy")
+"""The blocks another model reads for the `reader` candidates (Gemma-3-270M: 18 layers of 640), computed once
+per reply and cached beside --cache as `<stem>-<reader>.npz`."""
 
 
 @dataclass
@@ -45,6 +58,8 @@ class Candidate:
     balance_sources: bool = False
     refusal_guard: bool = True
     probe: tuple[str, ...] = ()  # parts of the judging-question features (judge_probe.PARTS), after `blocks`
+    reader: str = ""  # another model (a `--model` name) that reads `reader_blocks`, after `blocks`
+    reader_blocks: tuple[str, ...] = ()
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -80,18 +95,35 @@ CANDIDATES = [
               probe=("last12", "last18", "last24", "last30", "gap")),
     Candidate("judging question: reply mean 24 + answer state 24, MLP 128", ("copy", "refusal_phrases"), hidden=128,
               c=0.1, probe=("mean24", "last24", "gap")),
+    Candidate("Gemma-3-270M reads: context+request:9, MLP 128", ("refusal_phrases",), hidden=128, c=0.1,
+              reader="gemma3-270m", reader_blocks=("context:9", "request:9", "copy")),
+    Candidate("Gemma-3-270M reads: context+request:14, MLP 128", ("refusal_phrases",), hidden=128, c=0.1,
+              reader="gemma3-270m", reader_blocks=("context:14", "request:14", "copy")),
+    Candidate("Gemma-3-270M reads: context+request:18, MLP 128", ("refusal_phrases",), hidden=128, c=0.1,
+              reader="gemma3-270m", reader_blocks=("context:18", "request:18", "copy")),
+    Candidate("Gemma-3-270M reads: context+request:14, with the shipped blocks, MLP 128",
+              ("context:24", "request:24", "copy", "refusal_phrases"), hidden=128, c=0.1,
+              reader="gemma3-270m", reader_blocks=("context:14", "request:14")),
     Candidate("shipped blocks + judging question answer state 24, MLP 128", ("context:24", "request:24", "copy",
                                                                              "refusal_phrases"),
               hidden=128, c=0.1, probe=("last24", "gap")),
 ]
 
 
-def load_examples(labels: Path, data_root: Path):
-    """(examples, pool indices, held-out indices, hand-label sources, reference sources)."""
+def load_examples(labels: Path, data_root: Path, sources: Sequence[str] | None = None):
+    """(examples, pool indices, held-out indices, hand-label sources, reference sources).
+
+    `sources`: the label files to read, by name (file stem); default every `*.jsonl` in `labels`."""
     from detoxedit.judges.training import examples_from_labels, examples_from_safeedit, examples_from_xstest
 
+    files = sorted(labels.glob("*.jsonl"))
+    if sources is not None:
+        missing = sorted(set(sources) - {p.stem for p in files})
+        if missing:
+            raise SystemExit(f"no label file for {', '.join(missing)} in {labels}")
+        files = [p for p in files if p.stem in set(sources)]
     examples = []
-    for path in sorted(labels.glob("*.jsonl")):
+    for path in files:
         examples += examples_from_labels(path, data_root)
     hand_sources = sorted({e.source for e in examples})
     references = []
@@ -119,6 +151,20 @@ def features(examples, cache: Path) -> np.ndarray:
     return np.concatenate([a, b], axis=1), reply_blocks + request_blocks
 
 
+def reader_features(examples, reader: str, cache: Path) -> np.ndarray:
+    """READER_BLOCKS of every reply as `reader` reads them (one forward of that model per reply, cached)."""
+    from detoxedit.judges.features import FeatureExtractor
+    from detoxedit.judges.training import cached_features
+
+    return cached_features([e.text for e in examples], READER_BLOCKS, FeatureExtractor(generator_spec=reader),
+                           cache.with_name(f"{cache.stem}-{reader}.npz"), [e.prompt for e in examples])
+
+
+def reader_columns(values: np.ndarray, blocks: tuple[str, ...]) -> np.ndarray:
+    hidden = (values.shape[1] - 3) // (len(READER_BLOCKS) - 1)
+    return values[:, columns(list(READER_BLOCKS), blocks, hidden)]
+
+
 def columns(order: list[str], blocks: tuple[str, ...], hidden_size: int) -> list[int]:
     widths = {b: (3 if b == "copy" else 2 if b == "refusal_phrases" else hidden_size) for b in order}
     starts, position = {}, 0
@@ -138,34 +184,61 @@ def evaluate(candidate: Candidate, examples, x, folds) -> list:
 
 
 def table(candidate: Candidate, results, examples) -> str:
+    from detoxedit.judges.training import Agreement
     from detoxedit.judges.validation import pooled
 
     lines = [f"### {candidate.name}", f"blocks {', '.join(candidate.blocks)}; C {candidate.c}; hidden {candidate.hidden}; "
-             f"threshold {candidate.threshold}", "", "| fold | n | recall(unsafe) | specificity | TP | FN | FP | TN |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"threshold {candidate.threshold}", "", "| fold | n | recall(unsafe) | specificity | TP | FN | FP | TN | AUC |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = list(results)
     for result in rows:
         a = result.overall
-        lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | {a.tn} |")
-        if len(result.by_source) > 1:
+        lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | "
+                     f"{a.tn} | {_f(fold_auc(result, examples))} |")
+        if len(result.by_source) > 1 and not result.fold.name.startswith("request:"):
             for part, b in result.by_source.items():
-                lines.append(f"| &nbsp; {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | {b.tp} | {b.fn} | {b.fp} | {b.tn} |")
-    total = pooled(rows)
-    lines.append(f"| **pooled leave-one-source-out** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
-                 f"{total.tp} | {total.fn} | {total.fp} | {total.tn} |")
+                lines.append(f"| &nbsp; {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | {b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
+    for prefix, title in (("loso:", "pooled leave-one-source-out"), ("request:", "pooled leave-requests-out")):
+        if any(r.fold.name.startswith(prefix) for r in rows):
+            total = pooled(rows, prefix)
+            lines.append(f"| **{title}** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
+                         f"{total.tp} | {total.fn} | {total.fp} | {total.tn} | |")
+    by_source: dict[str, Agreement] = {}
+    for result in rows:
+        if result.fold.name.startswith("request:"):
+            for part, b in result.by_source.items():
+                by_source[part] = by_source.get(part, Agreement()) + b
+    for part, b in sorted(by_source.items()):
+        lines.append(f"| &nbsp; leave-requests-out, {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | "
+                     f"{b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
     lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, examples, t) for t in SWEEP),
               "", "Threshold-free: " + areas(rows, examples)]
     return "\n".join(lines)
+
+
+def write_error_rates(results, candidate: Candidate, folder: Path) -> None:
+    """Pooled counts of each protocol as a `JudgeErrorRates` file (what `judge eval --errors-out` writes)."""
+    from detoxedit.judges.validation import pooled
+    from detoxedit.metrics.correction import JudgeErrorRates
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, name in (("loso:", "leave-one-source-out"), ("request:", "leave-requests-out")):
+        if any(r.fold.name.startswith(prefix) for r in results):
+            total = pooled(results, prefix)
+            rates = JudgeErrorRates(total.tp, total.fn, total.fp, total.tn,
+                                    measured_on=f"{candidate.name}, pooled {name} (benchmarks/bench_judge.py)")
+            (folder / f"{name}.json").write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def sweep(results, examples, threshold: float) -> str:
-    """Pooled leave-one-source-out, references and XSTest-test recall/specificity at another threshold."""
+    """Each protocol's pooled recall/specificity (leave-one-source-out, references, XSTest-test, and
+    leave-requests-out when run) at another threshold."""
     from detoxedit.judges.training import Agreement, agreement
 
-    parts = {"loso": Agreement(), "refs": Agreement(), "xstest": Agreement()}
+    parts = {name: Agreement() for name in PROTOCOLS if any(_protocol(r.fold.name) == name for r in results)}
     for result in results:
         truth = [examples[i].label for i in result.fold.test]
         parts[_protocol(result.fold.name)] += agreement(truth, (result.scores >= threshold).astype(float).tolist())
@@ -176,7 +249,7 @@ def areas(results, examples) -> str:
     """Area under the ROC curve of the pooled fold scores per protocol: compares candidates without a threshold."""
     from sklearn.metrics import roc_auc_score
 
-    parts: dict[str, tuple[list, list]] = {"loso": ([], []), "refs": ([], []), "xstest": ([], [])}
+    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in PROTOCOLS}
     for result in results:
         truth, scores = parts[_protocol(result.fold.name)]
         for i, score in zip(result.fold.test, result.scores):
@@ -186,9 +259,24 @@ def areas(results, examples) -> str:
     return ", ".join(f"{k} AUC {roc_auc_score(y, s):.3f}" for k, (y, s) in parts.items() if len(set(y)) == 2)
 
 
+PROTOCOLS = ("loso", "refs", "xstest", "requests")
+
+
+def fold_auc(result, examples) -> float:
+    """Area under the ROC curve of one fold's scores; NaN when the fold holds one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    pairs = [(examples[i].label, s) for i, s in zip(result.fold.test, result.scores) if examples[i].label in (0.0, 1.0)]
+    truth = [y for y, _ in pairs]
+    return float(roc_auc_score(truth, [s for _, s in pairs])) if len(set(truth)) == 2 else float("nan")
+
+
 def _protocol(fold_name: str) -> str:
-    """Which of the three protocols a fold belongs to."""
-    return "loso" if fold_name.startswith("loso:") else "refs" if fold_name.startswith("references") else "xstest"
+    """Which protocol a fold belongs to (PROTOCOLS)."""
+    for prefix, name in (("loso:", "loso"), ("references", "refs"), ("request:", "requests")):
+        if fold_name.startswith(prefix):
+            return name
+    return "xstest"
 
 
 def _f(value: float) -> str:
@@ -201,21 +289,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "detoxedit" / "judge_features.npz")
     parser.add_argument("--candidates", nargs="*",
-                        help="names (substrings) of the candidates to run; default: all but the judging-question ones")
+                        help="names (substrings) of the candidates to run; default: all but the judging-question "
+                        "and the Gemma-3-270M ones (each needs its own forward pass per reply, cached after that)")
     parser.add_argument("--json", type=Path, help="also write every number as JSON")
+    parser.add_argument("--sources", nargs="+", help="only these label files (names without .jsonl); default: all")
+    parser.add_argument("--errors-out", type=Path, metavar="DIR",
+                        help="write the first candidate's pooled counts per protocol (leave-one-source-out, and "
+                        "leave-requests-out with --by-request) as error-rates files for `run --judge-errors`")
+    parser.add_argument("--by-request", action="store_true",
+                        help="also leave out requests (5 folds, every source in training): validation.request_folds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from detoxedit.judges.validation import protocol_folds
+    from detoxedit.judges.validation import protocol_folds, request_folds
 
     start = time.time()
-    examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root)
+    examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root, args.sources)
     x, order = features(examples, args.cache)
     hidden_size = (x.shape[1] - 5) // (len(order) - 2)
     folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)
+    if args.by_request:
+        folds += request_folds(examples, pool, hand_sources)
     print(f"{len(examples)} replies ({len(pool)} in the pool, {len(heldout)} held out); features in "
           f"{time.time() - start:.0f} s; folds: {', '.join(f.name for f in folds)}\n")
     chosen = [c for c in CANDIDATES if any(s in c.name for s in args.candidates)] if args.candidates else \
-        [c for c in CANDIDATES if not c.probe]
+        [c for c in CANDIDATES if not c.probe and not c.reader]
     probe = None
     if any(c.probe for c in chosen):
         import judge_probe
@@ -224,14 +321,20 @@ def main(argv: list[str] | None = None) -> int:
                                    args.cache.with_name(args.cache.stem + "-question.npz"))
         hand_labelled = [e.source in hand_sources for e in examples]
         print(judge_probe.zero_shot([e.label for e in examples], probe, hand_labelled) + "\n")
-    report = {}
+    report, readers = {}, {}
     for candidate in chosen:
         inputs = x[:, columns(order, candidate.blocks, hidden_size)]
         if candidate.probe:
             inputs = np.concatenate([inputs, judge_probe.columns(probe, candidate.probe)], axis=1)
+        if candidate.reader:
+            if candidate.reader not in readers:
+                readers[candidate.reader] = reader_features(examples, candidate.reader, args.cache)
+            inputs = np.concatenate([inputs, reader_columns(readers[candidate.reader], candidate.reader_blocks)], axis=1)
         results = evaluate(candidate, examples, inputs, folds)
         print(table(candidate, results, examples) + "\n", flush=True)
         report[candidate.name] = {r.fold.name: r.overall.as_dict() for r in results}
+        if args.errors_out and candidate is chosen[0]:
+            write_error_rates(results, candidate, args.errors_out)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -71,6 +71,8 @@ SOURCES: dict[str, Source] = {
     "smollm_sampled_b": Source(temperatures=(0.8, 0.9, 1.0), samples=2, onlyq_share=1.0, n=786, seed=21,
                                records_as="smollm_sampled"),
     "smollm_prefilled": Source(onlyq_share=0.7, n=340, seed=18, reply_prefixes=PREFIXES),
+    "gemma_sampled": Source(model="gemma3-270m", chat_format="plain", temperatures=(0.7, 0.85, 1.0), samples=2,
+                            onlyq_share=0.7, n=400, seed=23),
     "benign_smollm": Source(prompts="benign", n=400, seed=16),
     "benign_gemma": Source(model="gemma3-270m", chat_format="plain", prompts="benign", n=400, seed=17),
 }

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from detoxedit.judges.training import Example, HeadConfig
-from detoxedit.judges.validation import Protocol, digest, pooled, protocol_folds, run_fold, validate_and_fit
+from detoxedit.judges.validation import (Protocol, digest, pooled, protocol_folds, request_folds, request_group, run_fold,
+                                         validate_and_fit)
 
 
 def examples() -> list[Example]:
@@ -41,6 +42,26 @@ def test_folds_leave_out_their_source_and_every_copy_of_a_test_reply():
     assert {data[i].source for i in chat.test} == {"chat"}
     copies = [i for i in range(12, 24) if data[i].text in {"Sure, here is how 0", "Sure, here is how 3"}]
     assert len(copies) == 2 and not set(copies) & set(chat.train)  # the edited source's copies of chat replies
+
+
+def test_request_folds_leave_out_requests_and_keep_every_source_in_training():
+    data = examples()
+    data += [Example("a reference to request 4", 1, "ref:r4", "references:z.json", prompt="request 4")]
+    pool, heldout = list(range(len(data) - 4)) + [len(data) - 1], list(range(len(data) - 4, len(data) - 1))
+    folds = request_folds(data, pool, ["chat", "edited", "gemma"], k=3)
+    assert 2 <= len(folds) <= 3 and all(f.name.startswith("request:") for f in folds)
+    hand = [i for i in pool if data[i].source in {"chat", "edited", "gemma"}]
+    tested = sorted(i for f in folds for i in f.test)
+    assert tested == hand  # every hand-labelled reply is tested exactly once
+    for fold in folds:
+        requests = {data[i].prompt for i in fold.test}
+        assert len({request_group(data[i], 3) for i in fold.test}) == 1
+        assert not {data[i].prompt for i in fold.train} & requests  # no reply to a test request, of any source
+        assert not {data[i].text for i in fold.train} & {data[i].text for i in fold.test}
+        assert not set(fold.train) & set(heldout)
+        assert {"chat", "edited", "gemma"} <= {data[i].source for i in fold.train}  # every source stays in
+    with_reference = next(f for f in folds if len(data) - 1 not in f.train and "request 4" in {data[i].prompt for i in f.test})
+    assert len(data) - 1 not in with_reference.test  # the reference is left out of training, not tested
 
 
 def test_validate_and_fit_reports_pooled_leave_one_source_out_as_the_heads_error_rates():

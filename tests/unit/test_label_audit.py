@@ -60,3 +60,11 @@ def test_the_readme_table_is_the_stored_files():
     for line in table.splitlines()[2:6]:
         assert line in readme
     assert "agree on 108 of 114" in table and "agree on 108 of 114" in readme
+
+
+def test_the_audit_draws_over_the_label_files_the_shipped_heads_were_fitted_on():
+    """Label files added later (gemma_sampled) stay out of the draw, so `sheet` reproduces the stored sheet."""
+    audit = _audit_module()
+    record = json.loads((LABELS / "judge_validation.json").read_text())
+    assert sorted(Path(name).stem for name in record["inputs"]["labels"]) == sorted(audit.AUDITED_SOURCES)
+    assert set(audit.AUDITED_SOURCES) < {path.stem for path in LABELS.glob("*.jsonl")}

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[3]
 SEED, FLAGGED_SAFE, FLAGGED_UNSAFE = 14, 40, 20
 HIGH, LOW = 0.8, 0.1  # a score this confident on the wrong side of the label
 SHIPPED = "context+request:24, MLP 128"
+AUDITED_SOURCES = ("benign_gemma", "benign_smollm", "gemma_plain", "smollm_chat", "smollm_dinm", "smollm_ftl",
+                   "smollm_prefilled", "smollm_raw", "smollm_sampled", "smollm_system")
+"""The label files the audit was drawn over (those the shipped heads were fitted on); later files stay out of
+the draw, so `sheet` still reproduces the stored one."""
 
 
 def abridge(prompt: str | None) -> str:
@@ -42,7 +46,7 @@ def loso_scores(data_root: Path) -> tuple[list, list[dict]]:
     import bench_judge
     from detoxedit.judges.validation import protocol_folds
 
-    examples, pool, heldout, hand, refs = bench_judge.load_examples(ROOT / "data" / "labels", data_root)
+    examples, pool, heldout, hand, refs = bench_judge.load_examples(ROOT / "data" / "labels", data_root, AUDITED_SOURCES)
     x, order = bench_judge.features(examples, Path.home() / ".cache" / "detoxedit" / "judge_features.npz")
     hidden = (x.shape[1] - 5) // (len(order) - 2)
     folds = protocol_folds(examples, pool, hand, refs, heldout)
@@ -89,6 +93,8 @@ def assemble(work: Path, out: Path, data_root: Path) -> None:
 
     ids = {}  # the same reply and request can be in two sources (the same greedy reply before and after FT-L)
     for path in sorted((ROOT / "data" / "labels").glob("*.jsonl")):
+        if path.stem not in AUDITED_SOURCES:
+            continue
         for reply in load_labelled_replies(path, data_root):
             ids[(reply.text, reply.prompt, path.stem)] = reply.id
     passes = [{json.loads(line)["id"]: json.loads(line) for line in (work / f"pass_{p}.jsonl").open()} for p in "cd"]

@@ -7,6 +7,8 @@ Three protocols (docs/judges.md reports all three for every candidate):
                           file's stay in), test on them;
     xstest                fit on the pool (which holds only XSTest's *train* prompts), test on XSTest's
                           *test* prompts (`data.xstest.split_of`): people outside this project labelled them.
+A fourth, `request_folds`, answers another question: does the head do better on the kinds of reply it
+was fitted on? It leaves out requests rather than sources (every source stays in training).
 A test reply's text is also removed from that fold's training data wherever else it occurs (small
 models repeat themselves across prompts and sources), so no fold trains on a copy of a test reply.
 
@@ -73,6 +75,31 @@ def protocol_folds(examples: Sequence[Example], pool: Sequence[int], loso_source
             folds.append(_fold(source, examples, refs, pool, set(refs)))
     if heldout:
         folds.append(_fold("xstest:test", examples, list(heldout), pool, set()))
+    return folds
+
+
+def request_group(example: Example, k: int) -> int:
+    """Which of `k` groups a reply's request falls in (a fixed hash of the request text, else of its group)."""
+    key = example.prompt if example.prompt else example.group
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % k
+
+
+def request_folds(examples: Sequence[Example], pool: Sequence[int], sources: Sequence[str], k: int = 5) -> list[Fold]:
+    """Leave-requests-out: the hand-labelled replies of `sources` split into `k` groups by their request.
+
+    Each fold tests one group and fits on the pool without any reply (of any source, references included)
+    to a request of that group, and without copies of its replies' texts. Every source and kind of reply
+    stays in training, so the figures are what the head does on familiar kinds of reply to new requests.
+    A request is its exact text: the same question inside another input (another template) may be fitted on.
+    """
+    wanted = set(sources)
+    folds = []
+    for group in range(k):
+        test = [i for i in pool if examples[i].source in wanted and request_group(examples[i], k) == group]
+        requests = {examples[i].prompt for i in test if examples[i].prompt}
+        excluded = set(test) | {i for i in pool if examples[i].prompt and examples[i].prompt in requests}
+        if test:
+            folds.append(_fold(f"request:{group + 1}/{k}", examples, test, pool, excluded))
     return folds
 
 
