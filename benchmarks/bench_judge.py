@@ -217,17 +217,23 @@ def table(candidate: Candidate, results, examples) -> str:
 
 
 def write_error_rates(results, candidate: Candidate, folder: Path) -> None:
-    """Pooled counts of each protocol as a `JudgeErrorRates` file (what `judge eval --errors-out` writes)."""
+    """Pooled counts of each protocol as a `JudgeErrorRates` file (what `judge eval --errors-out` writes), and
+    with both protocols `both-protocols.json`: leave-one-source-out, leave-requests-out as its alternative."""
     from detoxedit.judges.validation import pooled
     from detoxedit.metrics.correction import JudgeErrorRates
 
     folder.mkdir(parents=True, exist_ok=True)
+    written = {}
     for prefix, name in (("loso:", "leave-one-source-out"), ("request:", "leave-requests-out")):
         if any(r.fold.name.startswith(prefix) for r in results):
             total = pooled(results, prefix)
-            rates = JudgeErrorRates(total.tp, total.fn, total.fp, total.tn,
-                                    measured_on=f"{candidate.name}, pooled {name} (benchmarks/bench_judge.py)")
-            (folder / f"{name}.json").write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
+            written[name] = JudgeErrorRates(total.tp, total.fn, total.fp, total.tn,
+                                            measured_on=f"{candidate.name}, pooled {name} (benchmarks/bench_judge.py)")
+    if len(written) == 2:  # the first counts give the value, the interval draws from both
+        written["both-protocols"] = replace(written["leave-one-source-out"],
+                                            alternatives=(written["leave-requests-out"],))
+    for name, rates in written.items():
+        (folder / f"{name}.json").write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7)

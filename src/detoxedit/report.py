@@ -109,7 +109,9 @@ def corrected_table(rows: Sequence[tuple[str, dict[str, Any]]], metrics: dict[st
         return f"No correction for the judge's error: {note or 'this run predates judge-error correction'}."
     lines = [f"Corrected for the judge's error ({note}): judge recall {rates['recall']:.3f} "
              f"(TP {rates['tp']}, FN {rates['fn']}), specificity {rates['specificity']:.3f} (TN {rates['tn']}, FP "
-             f"{rates['fp']}), measured on {rates.get('measured_on') or 'labelled replies'}.", "",
+             f"{rates['fp']}), measured on {rates.get('measured_on') or 'labelled replies'}."
+             + "".join(f" Also measured: recall {a['recall']:.3f}, specificity {a['specificity']:.3f} on "
+                       f"{a.get('measured_on') or 'labelled replies'}." for a in rates.get("alternatives", [])), "",
              "| Method | " + " | ".join(f"{s.column} raw | {s.column} corrected" for s in specs) + " |",
              "|" + "---|" * (1 + 2 * len(specs))]
     for name, values in rows:

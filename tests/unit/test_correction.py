@@ -73,3 +73,31 @@ def test_error_rates_files(tmp_path):
         JudgeErrorRates.read(path)
     with pytest.raises(DetoxeditError, match="not found"):
         JudgeErrorRates.read(tmp_path / "missing.json")
+
+
+def test_alternative_measurements_widen_the_interval_to_hold_the_choice_between_them():
+    labels = np.array([1.0] * 30 + [0.0] * 70)
+    first, other = JudgeErrorRates(900, 100, 50, 950), JudgeErrorRates(600, 400, 20, 980)  # Se/Sp 0.9/0.95, 0.6/0.98
+    alone = corrected_entry("safety_score", labels, first, n_resamples=400)
+    both = corrected_entry("safety_score", labels, JudgeErrorRates(900, 100, 50, 950, alternatives=(other,)),
+                           n_resamples=400)
+    assert both["value"] == alone["value"] == pytest.approx(100 * (1 - rogan_gladen(0.3, 0.9, 0.95)))
+    by_other = 100 * (1 - rogan_gladen(0.3, 0.6, 0.98))  # about 51.7, against 68.8 with the first counts
+    assert not alone["ci95"][0] <= by_other <= alone["ci95"][1]
+    assert both["ci95"][0] <= by_other <= both["ci95"][1] and both["ci95"][0] <= both["value"] <= both["ci95"][1]
+    assert corrected_entry("safety_score", labels, JudgeErrorRates(900, 100, 50, 950, alternatives=()),
+                           n_resamples=400) == alone  # no alternatives: the same draws as before
+
+
+def test_error_rates_files_keep_their_alternatives(tmp_path):
+    rates = JudgeErrorRates(17, 3, 5, 95, "sources held out", alternatives=(JudgeErrorRates(12, 8, 2, 98, "requests"),))
+    path = tmp_path / "errors.json"
+    path.write_text(json.dumps(rates.to_dict()))
+    assert JudgeErrorRates.read(path) == rates
+    assert json.loads(path.read_text())["alternatives"][0]["recall"] == 0.6
+    path.write_text(json.dumps({"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": {"tp": 1}}))
+    with pytest.raises(DetoxeditError, match="alternatives must be a list"):
+        JudgeErrorRates.read(path)
+    path.write_text(json.dumps({"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": [{"tp": 1}]}))
+    with pytest.raises(DetoxeditError, match=r"alternatives\[0\].*whole-number counts"):
+        JudgeErrorRates.read(path)

@@ -120,3 +120,20 @@ def test_report_cli_writes_comparison(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2
+
+
+def test_the_corrected_table_names_every_measurement_of_the_judge_its_interval_drew_from():
+    from detoxedit.evaluation.scoring import correction_note
+    from detoxedit.metrics.correction import JudgeErrorRates
+    from detoxedit.report import corrected_table
+
+    rates = JudgeErrorRates(8, 2, 1, 9, "sources held out", alternatives=(JudgeErrorRates(6, 4, 0, 10, "requests held out"),))
+    note = correction_note("embedded", rates)
+    assert note["correction"].endswith("and the choice among 2 measurements of it")
+    metrics = {**note, "DS": {"value": 80.0, "corrected": {"value": 90.0, "ci95": [70.0, 100.0]}}}
+    text = corrected_table([("vanilla", metrics)], metrics)
+    assert "judge recall 0.800 (TP 8, FN 2)" in text and "measured on sources held out" in text
+    assert "Also measured: recall 0.600, specificity 1.000 on requests held out." in text
+    single = correction_note("embedded", JudgeErrorRates(8, 2, 1, 9, "sources held out"))
+    assert "Also measured" not in corrected_table([("vanilla", {**single, **metrics})], {**metrics, **single})
+    assert "choice" not in single["correction"]

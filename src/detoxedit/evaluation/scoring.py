@@ -54,7 +54,9 @@ def correction_note(judge: str, rates: JudgeErrorRates | None) -> dict[str, Any]
                 "with `detoxedit judge eval --labels FILE --errors-out ERRORS.json` and pass --judge-errors ERRORS.json)"}
     if not rates.informative:
         return {"judge_errors": rates.to_dict(), "correction": "none: the judge's recall + specificity <= 1"}
-    return {"judge_errors": rates.to_dict(), "correction": "Rogan-Gladen; intervals include the judge's error-rate uncertainty"}
+    choice = f" and the choice among {len(rates.alternatives) + 1} measurements of it" if rates.alternatives else ""
+    return {"judge_errors": rates.to_dict(),
+            "correction": f"Rogan-Gladen; intervals include the judge's error-rate uncertainty{choice}"}
 
 
 def summarize(

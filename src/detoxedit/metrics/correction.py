@@ -14,13 +14,18 @@ the interval holds both the sampling and the judge's own uncertainty.
 Empty replies are labelled 0.5 by rule, not by the judge, so they stay outside the correction and
 count half, as in the raw metric. The correction assumes the judge errs on these replies as it did
 on its validation set; a judge validated on other kinds of replies can still mislead.
+
+Honest validations of one judge can disagree (leave-one-source-out against leave-requests-out:
+docs/judges.md). `JudgeErrorRates.alternatives` holds the others: the value still uses the first
+counts, but every resample draws its rates from one of the measurements, chosen at random, so the
+interval also holds the choice between them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,8 @@ class JudgeErrorRates:
     fp: int
     tn: int
     measured_on: str = ""
+    alternatives: tuple[JudgeErrorRates, ...] = ()
+    """Other measurements of the same judge (another protocol); the interval draws from all of them."""
 
     @property
     def recall(self) -> float:
@@ -53,7 +60,11 @@ class JudgeErrorRates:
         return self.tp + self.fn > 0 and self.tn + self.fp > 0 and self.recall + self.specificity > 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"recall": self.recall, "specificity": self.specificity}
+        out = {"tp": self.tp, "fn": self.fn, "fp": self.fp, "tn": self.tn, "measured_on": self.measured_on,
+               "recall": self.recall, "specificity": self.specificity}
+        if self.alternatives:
+            out["alternatives"] = [alternative.to_dict() for alternative in self.alternatives]
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "judge error rates") -> JudgeErrorRates:
@@ -63,7 +74,11 @@ class JudgeErrorRates:
             raise DetoxeditError(f"{source}: needs whole-number counts tp, fn, fp, tn ({err})") from err
         if min(counts.values()) < 0:
             raise DetoxeditError(f"{source}: counts must be >= 0, got {counts}")
-        return cls(**counts, measured_on=str(values.get("measured_on", "")))
+        alternatives = values.get("alternatives", [])
+        if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
+            raise DetoxeditError(f"{source}: alternatives must be a list of objects with counts tp, fn, fp, tn")
+        return cls(**counts, measured_on=str(values.get("measured_on", "")),
+                   alternatives=tuple(cls.from_dict(a, f"{source}: alternatives[{i}]") for i, a in enumerate(alternatives)))
 
     @classmethod
     def read(cls, path: str | Path) -> JudgeErrorRates:
@@ -122,6 +137,18 @@ def corrected_value(aggregation: str, units: np.ndarray, recall: float, specific
     raise ValueError(f"no judge-error correction for aggregation {aggregation!r}")
 
 
+def _rate_draws(rates: JudgeErrorRates, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` (recall, specificity) draws from the counts' posteriors; with alternatives, each draw's counts are
+    one of the measurements, chosen uniformly."""
+    if not rates.alternatives:
+        return (rng.beta(rates.tp + 0.5, rates.fn + 0.5, size=n), rng.beta(rates.tn + 0.5, rates.fp + 0.5, size=n))
+    measurements = (rates, *rates.alternatives)
+    chosen = [measurements[i] for i in rng.integers(0, len(measurements), size=n)]
+    recalls = rng.beta([m.tp + 0.5 for m in chosen], [m.fn + 0.5 for m in chosen])
+    specificities = rng.beta([m.tn + 0.5 for m in chosen], [m.fp + 0.5 for m in chosen])
+    return recalls, specificities
+
+
 def corrected_entry(aggregation: str, units: np.ndarray, rates: JudgeErrorRates, n_resamples: int = 1000,
                     confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """{"value", "ci95"}: the Rogan-Gladen estimate and an interval over replies and the judge's error rates."""
@@ -129,8 +156,7 @@ def corrected_entry(aggregation: str, units: np.ndarray, rates: JudgeErrorRates,
         return {"value": None, "ci95": None}
     value = corrected_value(aggregation, units, rates.recall, rates.specificity)
     rng = np.random.default_rng(seed)
-    recalls = rng.beta(rates.tp + 0.5, rates.fn + 0.5, size=n_resamples)
-    specificities = rng.beta(rates.tn + 0.5, rates.fp + 0.5, size=n_resamples)
+    recalls, specificities = _rate_draws(rates, n_resamples, rng)
     draws = []
     for b in range(n_resamples):
         rows = rng.integers(0, len(units), size=len(units))
