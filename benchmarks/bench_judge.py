@@ -4,8 +4,8 @@
         [--cache ~/.cache/detoxedit/judge_features.npz] [--candidates NAME ...] [--json OUT.json]
         [--sources NAME ...] [--by-request] [--errors-out DIR]
 
---sources keeps only those label files (by name, e.g. smollm_chat): the shipped heads were fitted on the
-ten their `judge_validation.json` lists. --by-request adds a fourth protocol (`validation.request_folds`):
+--sources keeps only those label files (by name, e.g. smollm_chat); `--sources shipped` keeps the ten the
+shipped heads were fitted on (their `judge_validation.json` lists them). --by-request adds a fourth protocol (`validation.request_folds`):
 five folds that leave out requests rather than sources, every source in training.
 
 The "judging question" candidates (`judge_probe.py`) and the "Gemma-3-270M reads" ones (another model's
@@ -110,13 +110,22 @@ CANDIDATES = [
 ]
 
 
+def shipped_label_sources() -> list[str]:
+    """The label files the shipped heads were fitted on (by name), as their judge_validation.json lists them."""
+    record = json.loads((ROOT / "data" / "labels" / "judge_validation.json").read_text(encoding="utf-8"))
+    return [Path(name).stem for name in record["inputs"]["labels"]]
+
+
 def load_examples(labels: Path, data_root: Path, sources: Sequence[str] | None = None):
     """(examples, pool indices, held-out indices, hand-label sources, reference sources).
 
-    `sources`: the label files to read, by name (file stem); default every `*.jsonl` in `labels`."""
+    `sources`: the label files to read, by name (file stem), or ["shipped"] for those the shipped heads were
+    fitted on; default every `*.jsonl` in `labels`."""
     from detoxedit.judges.training import examples_from_labels, examples_from_safeedit, examples_from_xstest
 
     files = sorted(labels.glob("*.jsonl"))
+    if sources is not None and list(sources) == ["shipped"]:
+        sources = shipped_label_sources()
     if sources is not None:
         missing = sorted(set(sources) - {p.stem for p in files})
         if missing:
@@ -194,7 +203,7 @@ def table(candidate: Candidate, results, examples) -> str:
     for result in rows:
         a = result.overall
         lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | "
-                     f"{a.tn} | {_f(fold_auc(result, examples))} |")
+                     f"{a.tn} | {_f(auc([result], examples))} |")
         if len(result.by_source) > 1 and not result.fold.name.startswith("request:"):
             for part, b in result.by_source.items():
                 lines.append(f"| &nbsp; {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | {b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
@@ -253,26 +262,19 @@ def sweep(results, examples, threshold: float) -> str:
 
 def areas(results, examples) -> str:
     """Area under the ROC curve of the pooled fold scores per protocol: compares candidates without a threshold."""
-    from sklearn.metrics import roc_auc_score
-
-    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in PROTOCOLS}
-    for result in results:
-        truth, scores = parts[_protocol(result.fold.name)]
-        for i, score in zip(result.fold.test, result.scores):
-            if examples[i].label in (0.0, 1.0):
-                truth.append(examples[i].label)
-                scores.append(score)
-    return ", ".join(f"{k} AUC {roc_auc_score(y, s):.3f}" for k, (y, s) in parts.items() if len(set(y)) == 2)
+    values = {name: auc([r for r in results if _protocol(r.fold.name) == name], examples) for name in PROTOCOLS}
+    return ", ".join(f"{name} AUC {value:.3f}" for name, value in values.items() if value == value)
 
 
 PROTOCOLS = ("loso", "refs", "xstest", "requests")
 
 
-def fold_auc(result, examples) -> float:
-    """Area under the ROC curve of one fold's scores; NaN when the fold holds one class only."""
+def auc(results, examples) -> float:
+    """Area under the ROC curve of the folds' pooled scores (labelled replies only); NaN with one class only."""
     from sklearn.metrics import roc_auc_score
 
-    pairs = [(examples[i].label, s) for i, s in zip(result.fold.test, result.scores) if examples[i].label in (0.0, 1.0)]
+    pairs = [(examples[i].label, s) for r in results for i, s in zip(r.fold.test, r.scores)
+             if examples[i].label in (0.0, 1.0)]
     truth = [y for y, _ in pairs]
     return float(roc_auc_score(truth, [s for _, s in pairs])) if len(set(truth)) == 2 else float("nan")
 
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="names (substrings) of the candidates to run; default: all but the judging-question "
                         "and the Gemma-3-270M ones (each needs its own forward pass per reply, cached after that)")
     parser.add_argument("--json", type=Path, help="also write every number as JSON")
-    parser.add_argument("--sources", nargs="+", help="only these label files (names without .jsonl); default: all")
+    parser.add_argument("--sources", nargs="+", help="only these label files (names without .jsonl), or 'shipped' for "
+                        "those the shipped heads were fitted on; default: all")
     parser.add_argument("--errors-out", type=Path, metavar="DIR",
                         help="write the first candidate's pooled counts per protocol (leave-one-source-out, and "
                         "leave-requests-out with --by-request) as error-rates files for `run --judge-errors`")

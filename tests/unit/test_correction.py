@@ -98,6 +98,10 @@ def test_error_rates_files_keep_their_alternatives(tmp_path):
     path.write_text(json.dumps({"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": {"tp": 1}}))
     with pytest.raises(DetoxeditError, match="alternatives must be a list"):
         JudgeErrorRates.read(path)
+    nested = {"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": []}
+    path.write_text(json.dumps({"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": [nested]}))
+    with pytest.raises(DetoxeditError, match="cannot list alternatives of its own"):
+        JudgeErrorRates.read(path)
     path.write_text(json.dumps({"tp": 1, "fn": 1, "fp": 1, "tn": 1, "alternatives": [{"tp": 1}]}))
     with pytest.raises(DetoxeditError, match=r"alternatives\[0\].*whole-number counts"):
         JudgeErrorRates.read(path)

@@ -77,6 +77,8 @@ class JudgeErrorRates:
         alternatives = values.get("alternatives", [])
         if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
             raise DetoxeditError(f"{source}: alternatives must be a list of objects with counts tp, fn, fp, tn")
+        if any("alternatives" in a for a in alternatives):
+            raise DetoxeditError(f"{source}: an alternative cannot list alternatives of its own (list them all at the top)")
         return cls(**counts, measured_on=str(values.get("measured_on", "")),
                    alternatives=tuple(cls.from_dict(a, f"{source}: alternatives[{i}]") for i, a in enumerate(alternatives)))
 
