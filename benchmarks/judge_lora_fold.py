@@ -1,8 +1,9 @@
 """A judge candidate measured on one fold only: a LoRA-fine-tuned classifier on the default model.
 
-    .venv/bin/python benchmarks/judge_lora_fold.py [FOLD] [--epochs 1] [--limit N]
+    .venv/bin/python benchmarks/judge_lora_fold.py [FOLD] [--epochs 1] [--limit N] [--sources NAME ...]
         FOLD: a fold of bench_judge.py's protocol (default loso:smollm_sampled); --limit: train on a seeded
-        sample of N replies (a quick check; 0 = all)
+        sample of N replies (a quick check; 0 = all); --sources: the label files, as in bench_judge.py
+        (default `shipped`: the ten the shipped heads were fitted on, so the folds are the shipped recipe's)
 
 The shipped judge's rendering (request as the user turn, reply as the assistant turn; GeneratorEncoder._row);
 the model cut after block 24; LoRA (PEFT, r=8) on every linear layer of blocks 19-24; a linear head on
@@ -12,8 +13,8 @@ length, AdamW with warm-up and linear decay; then the fold's held-out replies ar
 Prints the fold's recall, specificity, confusion counts and AUC; `bench_judge.py` prints the shipped head's on the
 same fold.
 
-A full leave-one-source-out run needs ten such fine-tunes, about 30 minutes for the largest fold on this 2-core
-CPU, so only the fold where the shipped head fails most was run (docs/judges.md).
+A full leave-one-source-out run needs ten such fine-tunes, about 30 minutes each on this 2-core CPU, so only
+some folds were run: the one where the shipped head fails most, then three more (docs/judges.md).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("fold", nargs="?", default="loso:smollm_sampled")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--sources", nargs="+", default=["shipped"])
     args = parser.parse_args(argv)
     sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "src")]
     import bench_judge
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     rng = random.Random(0)
-    examples, pool, heldout, hand, refs = bench_judge.load_examples(ROOT / "data" / "labels", bench_judge.DEFAULT_DATA)
+    examples, pool, heldout, hand, refs = bench_judge.load_examples(ROOT / "data" / "labels", bench_judge.DEFAULT_DATA,
+                                                                       args.sources)
     fold = next(f for f in protocol_folds(examples, pool, hand, refs, heldout) if f.name == args.fold)
     encoder = GeneratorEncoder()
     model, _ = encoder._load()

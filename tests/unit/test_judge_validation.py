@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detoxedit.judges.training import Example, HeadConfig
+from detoxedit.metrics.correction import JudgeErrorRates
 from detoxedit.judges.validation import (Protocol, digest, pooled, protocol_folds, request_folds, request_group, run_fold,
                                          validate_and_fit)
 
@@ -64,18 +65,28 @@ def test_request_folds_leave_out_requests_and_keep_every_source_in_training():
     assert len(data) - 1 not in with_reference.test  # the reference is left out of training, not tested
 
 
-def test_validate_and_fit_reports_pooled_leave_one_source_out_as_the_heads_error_rates():
+def test_validate_and_fit_ships_leave_one_source_out_rates_with_leave_requests_out_as_their_alternative():
     data = examples()
     x = np.array([[float(e.text.startswith("Sure")), float(len(e.text))] for e in data], dtype=np.float32)
     protocol = Protocol(data, list(range(len(data) - 6)), list(range(len(data) - 6, len(data))),
                         ["chat", "edited", "gemma"], ["references:x.json", "references:y.json"])
     config = HeadConfig(c=1.0, features=("refusal_phrases",))
     head, record = validate_and_fit(protocol, x, config, 0.5, refusal_guard=False)
-    results = [run_fold(f, data, x, config, 0.5, False) for f in protocol.folds()]
-    loso = pooled(results)
-    assert head.meta["error_rates"] | {"measured_on": ""} == {"tp": loso.tp, "fn": loso.fn, "fp": loso.fp, "tn": loso.tn,
-                                                               "measured_on": ""}
-    assert loso.tp + loso.fn == sum(1 for e in data[:36] if e.label)
+    folds = protocol.folds()
+    assert [f.name for f in folds][:6] == ["loso:chat", "loso:edited", "loso:gemma", "references:x.json",
+                                           "references:y.json", "xstest:test"]
+    assert len(folds) > 6 and all(f.name.startswith("request:") for f in folds[6:])
+    results = [run_fold(f, data, x, config, 0.5, False) for f in folds]
+    loso, by_request = pooled(results), pooled(results, "request:")
+    counts = lambda values: {k: values[k] for k in ("tp", "fn", "fp", "tn")}  # noqa: E731
+    rates = head.meta["error_rates"]
+    assert counts(rates) == counts(loso.as_dict())
+    assert "leave-one-source-out" in rates["measured_on"]
+    assert [counts(a) for a in rates["alternatives"]] == [counts(by_request.as_dict())]
+    assert "leave-requests-out" in rates["alternatives"][0]["measured_on"]
+    assert loso.tp + loso.fn == by_request.tp + by_request.fn == sum(1 for e in data[:36] if e.label)
+    assert record["pooled_requests"] == by_request.as_dict()
+    assert JudgeErrorRates.from_dict(rates).alternatives[0].tn == by_request.tn  # what runs read from meta.json
     fold = record["folds"][0]
     assert fold["name"] == "loso:chat" and len(fold["test_keys"]) == 12 and fold["n_train"] > 0
     assert len(fold["train_digest"]) == 64 and fold["train_digest"] != digest(fold["test_keys"])

@@ -127,7 +127,8 @@ def train(
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for head.npz + meta.json (load with --judge embedded:DIR)."),
     validate: bool = typer.Option(False, "--validate", help="Measure the recipe by leave-one-source-out, on the SafeEdit "
-                                  "references and on XSTest's test prompts (docs/judges.md), instead of one random split."),
+                                  "references, on XSTest's test prompts and by leave-requests-out (docs/judges.md), "
+                                  "instead of one random split; the head ships both hand-label protocols' error rates."),
     validation_out: Path = typer.Option(None, help="With --validate: write every fold's numbers and keys here (JSON)."),
     holdout: float = typer.Option(0.3, help="Without --validate: share of groups (questions / label items) held out."),
     features: str = typer.Option("generator:27,refusal_phrases", help="Comma-separated feature blocks (docs/judges.md): "
@@ -213,6 +214,7 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
         for fold in record["folds"]:
             _add_row(table, fold["name"], fold)
         _add_row(table, "pooled leave-one-source-out", record["pooled_loso"])
+        _add_row(table, "pooled leave-requests-out", record["pooled_requests"])
         console.print(table)
     if validation_out is not None:
         inputs = {"safeedit": [Path(f).name for f in data], "labels": [Path(f).name for f in labels],

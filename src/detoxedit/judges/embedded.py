@@ -11,7 +11,8 @@ A head whose blocks read the request is used when the request is known (the runn
 head's reply-only companion (`reply_only/` beside it), so the judge still works on the reply alone.
 A head whose meta.json says `"refusal_guard": true` also caps the score of a reply that refuses in
 its first sentence and never pivots to compliance (`detoxedit.judges.guard`), and `"error_rates"`
-(the counts it was validated with) lets runs correct DS/DG for its errors.
+(the counts it was validated with, and those of other protocols as `alternatives`) lets runs
+correct DS/DG for its errors.
 
 `embedded` loads the head shipped in `detoxedit/judges/heads/`; `embedded:DIR` loads a head written
 by `detoxedit judge train --out DIR`; `embedded:reply` the shipped reply-only head. Nothing loads
@@ -177,7 +178,7 @@ class EmbeddedJudge(Judge):
 
     @property
     def error_rates(self) -> JudgeErrorRates | None:
-        """The counts the head was validated with (meta.json `error_rates`), if it ships them."""
+        """The counts the head was validated with (meta.json `error_rates`, alternatives included), if it ships them."""
         values = self.head.meta.get("error_rates")
         return JudgeErrorRates.from_dict(values, f"{self.head_dir / HEAD_META}: error_rates") if values else None
 

@@ -1,14 +1,18 @@
 """Honest validation of a judge recipe: every reported figure comes from replies the head never saw.
 
-Three protocols (docs/judges.md reports all three for every candidate):
+Four protocols (docs/judges.md reports them for every candidate):
     leave-one-source-out  for each source of hand labels (a model, a prompt format, an edit method,
                           sampling, benign requests), fit on everything else and test on that source;
     references            for each SafeEdit dev file, fit without its reference replies (the other
                           file's stay in), test on them;
     xstest                fit on the pool (which holds only XSTest's *train* prompts), test on XSTest's
                           *test* prompts (`data.xstest.split_of`): people outside this project labelled them.
-A fourth, `request_folds`, answers another question: does the head do better on the kinds of reply it
-was fitted on? It leaves out requests rather than sources (every source stays in training).
+    leave-requests-out    (`request_folds`) the hand-labelled replies split into five groups by request;
+                          for each, fit on everything but the replies to those requests (every source
+                          stays in training) and test on them: familiar kinds of reply to new requests.
+The two on hand labels disagree (leave-one-source-out errs towards "unsafe", leave-requests-out towards
+"safe"), so a head's `error_rates` carry both: the leave-one-source-out counts first (the estimate) and
+the leave-requests-out counts as an alternative (the interval draws from both; `metrics.correction`).
 A test reply's text is also removed from that fold's training data wherever else it occurs (small
 models repeat themselves across prompts and sources), so no fold trains on a copy of a test reply.
 
@@ -78,13 +82,17 @@ def protocol_folds(examples: Sequence[Example], pool: Sequence[int], loso_source
     return folds
 
 
+REQUEST_GROUPS = 5
+"""Leave-requests-out folds a head's validation runs (about 735 hand-labelled replies tested in each)."""
+
+
 def request_group(example: Example, k: int) -> int:
     """Which of `k` groups a reply's request falls in (a fixed hash of the request text, else of its group)."""
     key = example.prompt if example.prompt else example.group
     return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % k
 
 
-def request_folds(examples: Sequence[Example], pool: Sequence[int], sources: Sequence[str], k: int = 5) -> list[Fold]:
+def request_folds(examples: Sequence[Example], pool: Sequence[int], sources: Sequence[str], k: int = REQUEST_GROUPS) -> list[Fold]:
     """Leave-requests-out: the hand-labelled replies of `sources` split into `k` groups by their request.
 
     Each fold tests one group and fits on the pool without any reply (of any source, references included)
@@ -156,7 +164,8 @@ def validation_record(results: Sequence[FoldResult], examples: Sequence[Example]
             "by_source": {s: a.as_dict() for s, a in result.by_source.items()},
             "n_train": len(fold.train), "train_digest": digest(keys(fold.train)), "test_keys": keys(fold.test),
         })
-    return {"recipe": recipe, "folds": folds, "pooled_loso": pooled(results).as_dict()}
+    return {"recipe": recipe, "folds": folds, "pooled_loso": pooled(results).as_dict(),
+            "pooled_requests": pooled(results, "request:").as_dict()}
 
 
 def fit_recipe(examples: Sequence[Example], x: np.ndarray, rows: Sequence[int], config: HeadConfig,
@@ -180,7 +189,9 @@ class Protocol:
     reference_sources: list[str]
 
     def folds(self) -> list[Fold]:
-        return protocol_folds(self.examples, self.pool, self.hand_sources, self.reference_sources, self.heldout)
+        """The folds of every protocol: leave-one-source-out, references, XSTest, then leave-requests-out."""
+        return (protocol_folds(self.examples, self.pool, self.hand_sources, self.reference_sources, self.heldout)
+                + request_folds(self.examples, self.pool, self.hand_sources, REQUEST_GROUPS))
 
 
 def build_protocol(data_files: Sequence[Any], label_files: Sequence[Any], xstest_files: Sequence[Any] = (),
@@ -200,17 +211,29 @@ def build_protocol(data_files: Sequence[Any], label_files: Sequence[Any], xstest
                     sorted({e.source for e in hand}), sorted({e.source for e in references}))
 
 
+def error_rates_of(results: Sequence[FoldResult], hand_sources: Sequence[str]) -> dict[str, Any]:
+    """A head's `error_rates` (what runs correct DS/DG with): the pooled leave-one-source-out counts, and
+    the pooled leave-requests-out counts as an alternative when those folds ran (module docstring)."""
+    def counts(total: Agreement, protocol: str) -> dict[str, Any]:
+        return {"tp": total.tp, "fn": total.fn, "fp": total.fp, "tn": total.tn,
+                "measured_on": f"pooled {protocol} over {len(hand_sources)} sources of hand-labelled replies "
+                               f"({', '.join(hand_sources)})"}
+
+    rates = counts(pooled(results), "leave-one-source-out")
+    by_request = pooled(results, "request:")
+    if by_request.n:
+        rates["alternatives"] = [counts(by_request, f"leave-requests-out ({REQUEST_GROUPS} folds by request)")]
+    return rates
+
+
 def validate_and_fit(protocol: Protocol, x: np.ndarray, config: HeadConfig, threshold: float,
                      refusal_guard: bool = True, recipe: dict[str, Any] | None = None) -> tuple[Head, dict[str, Any]]:
-    """Runs every fold, then fits the head on the whole pool; its meta carries the pooled
-    leave-one-source-out counts as `error_rates` (what runs correct DS/DG with) and a summary."""
+    """Runs every fold, then fits the head on the whole pool; its meta carries every fold's counts and
+    the `error_rates` runs correct DS/DG with (`error_rates_of`)."""
     results = [run_fold(fold, protocol.examples, x, config, threshold, refusal_guard) for fold in protocol.folds()]
     record = validation_record(results, protocol.examples, recipe or {})
-    loso = pooled(results)
     summary = {r.fold.name: r.overall.as_dict() for r in results}
     meta = {"refusal_guard": refusal_guard, "validation": summary,
-            "error_rates": {"tp": loso.tp, "fn": loso.fn, "fp": loso.fp, "tn": loso.tn,
-                            "measured_on": f"pooled leave-one-source-out over {len(protocol.hand_sources)} sources of "
-                                           f"hand-labelled replies ({', '.join(protocol.hand_sources)})"}}
+            "error_rates": error_rates_of(results, protocol.hand_sources)}
     head = fit_recipe(protocol.examples, x, protocol.pool, config, threshold, meta)
     return head, record

@@ -18,7 +18,7 @@ on its validation set; a judge validated on other kinds of replies can still mis
 Honest validations of one judge can disagree (leave-one-source-out against leave-requests-out:
 docs/judges.md). `JudgeErrorRates.alternatives` holds the others: the value still uses the first
 counts, but every resample draws its rates from one of the measurements, chosen at random, so the
-interval also holds the choice between them.
+interval also holds the choice between them. The shipped embedded heads carry both protocols' counts.
 """
 
 from __future__ import annotations
