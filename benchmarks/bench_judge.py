@@ -1,12 +1,13 @@
-"""Judge candidates under the three validation protocols: one command, prints a table per candidate.
+"""Judge candidates under the validation protocols: one command, prints a table per candidate.
 
     .venv/bin/python benchmarks/bench_judge.py [--labels data/labels] [--data-root ../shared/data]
         [--cache ~/.cache/detoxedit/judge_features.npz] [--candidates NAME ...] [--json OUT.json]
-        [--sources NAME ...] [--by-request] [--errors-out DIR]
+        [--sources NAME ...] [--by-request] [--by-question] [--errors-out DIR]
 
 --sources keeps only those label files (by name, e.g. smollm_chat); `--sources shipped` keeps the ten the
 shipped heads were fitted on (their `judge_validation.json` lists them). --by-request adds a fourth protocol (`validation.request_folds`):
-five folds that leave out requests rather than sources, every source in training.
+five folds that leave out requests rather than sources, every source in training. --by-question adds a stricter
+one (`validation.question_folds`): five folds by the harmful question, held out under every template and bare.
 
 The "judging question" candidates (`judge_probe.py`) and the "Gemma-3-270M reads" ones (another model's
 states: READER_BLOCKS) need their own forward pass per reply (about 30 minutes for every reply here, then
@@ -204,43 +205,48 @@ def table(candidate: Candidate, results, examples) -> str:
         a = result.overall
         lines.append(f"| {result.fold.name} | {a.n} | {_f(a.recall)} | {_f(a.specificity)} | {a.tp} | {a.fn} | {a.fp} | "
                      f"{a.tn} | {_f(auc([result], examples))} |")
-        if len(result.by_source) > 1 and not result.fold.name.startswith("request:"):
+        if len(result.by_source) > 1 and not result.fold.name.startswith(BY_REQUEST):
             for part, b in result.by_source.items():
                 lines.append(f"| &nbsp; {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | {b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
-    for prefix, title in (("loso:", "pooled leave-one-source-out"), ("request:", "pooled leave-requests-out")):
+    for prefix, title in (("loso:", "leave-one-source-out"), *BY_REQUEST_TITLES):
         if any(r.fold.name.startswith(prefix) for r in rows):
             total = pooled(rows, prefix)
-            lines.append(f"| **{title}** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
+            lines.append(f"| **pooled {title}** | {total.n} | {_f(total.recall)} | {_f(total.specificity)} | "
                          f"{total.tp} | {total.fn} | {total.fp} | {total.tn} | |")
-    by_source: dict[str, Agreement] = {}
-    for result in rows:
-        if result.fold.name.startswith("request:"):
-            for part, b in result.by_source.items():
-                by_source[part] = by_source.get(part, Agreement()) + b
-    for part, b in sorted(by_source.items()):
-        lines.append(f"| &nbsp; leave-requests-out, {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | "
-                     f"{b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
+    for prefix, title in BY_REQUEST_TITLES:
+        by_source: dict[str, Agreement] = {}
+        for result in rows:
+            if result.fold.name.startswith(prefix):
+                for part, b in result.by_source.items():
+                    by_source[part] = by_source.get(part, Agreement()) + b
+        for part, b in sorted(by_source.items()):
+            lines.append(f"| &nbsp; {title}, {part} | {b.n} | {_f(b.recall)} | {_f(b.specificity)} | "
+                         f"{b.tp} | {b.fn} | {b.fp} | {b.tn} | |")
     lines += ["", "Other thresholds (same fitted heads): " + "; ".join(sweep(rows, examples, t) for t in SWEEP),
               "", "Threshold-free: " + areas(rows, examples)]
     return "\n".join(lines)
 
 
 def write_error_rates(results, candidate: Candidate, folder: Path) -> None:
-    """Pooled counts of each protocol as a `JudgeErrorRates` file (what `judge eval --errors-out` writes), and
-    with both protocols `both-protocols.json`: leave-one-source-out, leave-requests-out as its alternative."""
+    """Pooled counts of each protocol as a `JudgeErrorRates` file (what `judge eval --errors-out` writes);
+    `both-protocols.json`: leave-one-source-out with leave-requests-out as its alternative; with
+    --by-question too, `all-protocols.json`: leave-one-source-out with both others as alternatives."""
     from detoxedit.judges.validation import pooled
     from detoxedit.metrics.correction import JudgeErrorRates
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for prefix, name in (("loso:", "leave-one-source-out"), ("request:", "leave-requests-out")):
+    for prefix, name in (("loso:", "leave-one-source-out"), *((p, t) for p, t in BY_REQUEST_TITLES)):
         if any(r.fold.name.startswith(prefix) for r in results):
             total = pooled(results, prefix)
             written[name] = JudgeErrorRates(total.tp, total.fn, total.fp, total.tn,
                                             measured_on=f"{candidate.name}, pooled {name} (benchmarks/bench_judge.py)")
-    if len(written) == 2:  # the first counts give the value, the interval draws from both
-        written["both-protocols"] = replace(written["leave-one-source-out"],
-                                            alternatives=(written["leave-requests-out"],))
+    first = written.get("leave-one-source-out")
+    others = tuple(rates for name, rates in written.items() if name != "leave-one-source-out")
+    if first and "leave-requests-out" in written:  # the first counts give the value, the interval draws from both
+        written["both-protocols"] = replace(first, alternatives=(written["leave-requests-out"],))
+    if first and len(others) == 2:  # every protocol, as the shipped heads carry them
+        written["all-protocols"] = replace(first, alternatives=others)
     for name, rates in written.items():
         (folder / f"{name}.json").write_text(json.dumps(rates.to_dict(), indent=2) + "\n", encoding="utf-8")
 
@@ -266,7 +272,9 @@ def areas(results, examples) -> str:
     return ", ".join(f"{name} AUC {value:.3f}" for name, value in values.items() if value == value)
 
 
-PROTOCOLS = ("loso", "refs", "xstest", "requests")
+PROTOCOLS = ("loso", "refs", "xstest", "requests", "questions")
+BY_REQUEST_TITLES = (("request:", "leave-requests-out"), ("question:", "leave-questions-out"))
+BY_REQUEST = tuple(prefix for prefix, _ in BY_REQUEST_TITLES)  # folds whose test replies span every source
 
 
 def auc(results, examples) -> float:
@@ -281,7 +289,7 @@ def auc(results, examples) -> float:
 
 def _protocol(fold_name: str) -> str:
     """Which protocol a fold belongs to (PROTOCOLS)."""
-    for prefix, name in (("loso:", "loso"), ("references", "refs"), ("request:", "requests")):
+    for prefix, name in (("loso:", "loso"), ("references", "refs"), ("request:", "requests"), ("question:", "questions")):
         if fold_name.startswith(prefix):
             return name
     return "xstest"
@@ -304,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
                         "those the shipped heads were fitted on; default: all")
     parser.add_argument("--errors-out", type=Path, metavar="DIR",
                         help="write the first candidate's pooled counts per protocol (leave-one-source-out, and "
-                        "leave-requests-out with --by-request) as error-rates files for `run --judge-errors`")
+                        "leave-requests-out / leave-questions-out with --by-request / --by-question) as error-rates "
+                        "files for `run --judge-errors`")
     parser.add_argument("--by-request", action="store_true",
                         help="also leave out requests (5 folds, every source in training): validation.request_folds")
+    parser.add_argument("--by-question", action="store_true",
+                        help="also leave out harmful questions under every template (5 folds): validation.question_folds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from detoxedit.judges.validation import protocol_folds, request_folds
+    from detoxedit.judges.validation import known_questions, protocol_folds, question_folds, request_folds
 
     start = time.time()
     examples, pool, heldout, hand_sources, reference_sources = load_examples(args.labels, args.data_root, args.sources)
@@ -318,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     folds = protocol_folds(examples, pool, hand_sources, reference_sources, heldout)
     if args.by_request:
         folds += request_folds(examples, pool, hand_sources)
+    if args.by_question:
+        folds += question_folds(examples, pool, hand_sources,
+                                known_questions([args.data_root / "safeedit" / name for name in SAFEEDIT_FILES]))
     print(f"{len(examples)} replies ({len(pool)} in the pool, {len(heldout)} held out); features in "
           f"{time.time() - start:.0f} s; folds: {', '.join(f.name for f in folds)}\n")
     chosen = [c for c in CANDIDATES if any(s in c.name for s in args.candidates)] if args.candidates else \

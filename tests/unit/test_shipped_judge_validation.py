@@ -62,4 +62,5 @@ def test_the_shipped_heads_carry_the_recorded_validation(record):
         counts = lambda values: {k: values[k] for k in ("tp", "fn", "fp", "tn")}  # noqa: E731
         rates = shipped.meta["error_rates"]
         assert counts(rates) == counts(record["heads"][head]["pooled_loso"])
-        assert [counts(a) for a in rates["alternatives"]] == [counts(record["heads"][head]["pooled_requests"])]
+        assert [counts(a) for a in rates["alternatives"]] == [counts(record["heads"][head][f"pooled_{protocol}"])
+                                                              for protocol in ("requests", "questions")]

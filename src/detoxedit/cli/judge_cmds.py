@@ -127,8 +127,9 @@ def train(
     data_root: Path = DATA_ROOT,
     out: Path = typer.Option(..., "--out", "-o", help="Folder for head.npz + meta.json (load with --judge embedded:DIR)."),
     validate: bool = typer.Option(False, "--validate", help="Measure the recipe by leave-one-source-out, on the SafeEdit "
-                                  "references, on XSTest's test prompts and by leave-requests-out (docs/judges.md), "
-                                  "instead of one random split; the head ships both hand-label protocols' error rates."),
+                                  "references, on XSTest's test prompts, by leave-requests-out and leave-questions-out "
+                                  "(docs/judges.md), instead of one random split; the head ships the hand-label "
+                                  "protocols' error rates."),
     validation_out: Path = typer.Option(None, help="With --validate: write every fold's numbers and keys here (JSON)."),
     holdout: float = typer.Option(0.3, help="Without --validate: share of groups (questions / label items) held out."),
     features: str = typer.Option("generator:27,refusal_phrases", help="Comma-separated feature blocks (docs/judges.md): "
@@ -215,6 +216,8 @@ def _train_validated(data, labels, xstest, data_root, config, threshold, refusal
             _add_row(table, fold["name"], fold)
         _add_row(table, "pooled leave-one-source-out", record["pooled_loso"])
         _add_row(table, "pooled leave-requests-out", record["pooled_requests"])
+        if record["pooled_questions"]["n"]:
+            _add_row(table, "pooled leave-questions-out", record["pooled_questions"])
         console.print(table)
     if validation_out is not None:
         inputs = {"safeedit": [Path(f).name for f in data], "labels": [Path(f).name for f in labels],

@@ -1,6 +1,6 @@
 """Honest validation of a judge recipe: every reported figure comes from replies the head never saw.
 
-Four protocols (docs/judges.md reports them for every candidate):
+Five protocols (docs/judges.md reports them for every candidate):
     leave-one-source-out  for each source of hand labels (a model, a prompt format, an edit method,
                           sampling, benign requests), fit on everything else and test on that source;
     references            for each SafeEdit dev file, fit without its reference replies (the other
@@ -10,9 +10,11 @@ Four protocols (docs/judges.md reports them for every candidate):
     leave-requests-out    (`request_folds`) the hand-labelled replies split into five groups by request;
                           for each, fit on everything but the replies to those requests (every source
                           stays in training) and test on them: familiar kinds of reply to new requests.
-The two on hand labels disagree (leave-one-source-out errs towards "unsafe", leave-requests-out towards
-"safe"), so a head's `error_rates` carry both: the leave-one-source-out counts first (the estimate) and
-the leave-requests-out counts as an alternative (the interval draws from both; `metrics.correction`).
+    leave-questions-out   (`question_folds`) stricter: five groups by the harmful question, held out
+                          under every jailbreak template and bare: familiar kinds of reply to new questions.
+They disagree on hand labels (leave-one-source-out errs towards "unsafe", the other two towards "safe"),
+so a head's `error_rates` carry all three: the leave-one-source-out counts first (the estimate), the
+other two as alternatives (the interval draws from all; `metrics.correction`).
 A test reply's text is also removed from that fold's training data wherever else it occurs (small
 models repeat themselves across prompts and sources), so no fold trains on a copy of a test reply.
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -88,8 +90,7 @@ REQUEST_GROUPS = 5
 
 def request_group(example: Example, k: int) -> int:
     """Which of `k` groups a reply's request falls in (a fixed hash of the request text, else of its group)."""
-    key = example.prompt if example.prompt else example.group
-    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % k
+    return _bucket(example.prompt if example.prompt else example.group, k)
 
 
 def request_folds(examples: Sequence[Example], pool: Sequence[int], sources: Sequence[str], k: int = REQUEST_GROUPS) -> list[Fold]:
@@ -109,6 +110,40 @@ def request_folds(examples: Sequence[Example], pool: Sequence[int], sources: Seq
         if test:
             folds.append(_fold(f"request:{group + 1}/{k}", examples, test, pool, excluded))
     return folds
+
+
+def question_of(example: Example, questions: Sequence[str]) -> str:
+    """The harmful question a reply answers: the longest of `questions` its request holds (case-folded),
+    else the request itself (else its group)."""
+    request = (example.prompt or "").casefold()
+    held = [q for q in questions if q and q.casefold() in request]
+    return max(held, key=len).casefold() if held else (example.prompt or example.group)
+
+
+def question_folds(examples: Sequence[Example], pool: Sequence[int], sources: Sequence[str], questions: Sequence[str],
+                   k: int = REQUEST_GROUPS) -> list[Fold]:
+    """Leave-questions-out: stricter than `request_folds`. The hand-labelled replies of `sources` are split into
+    `k` groups by the harmful question they answer (`question_of`): the same question under every jailbreak
+    template, and bare, falls in one group. Each fold fits on the pool without any reply (of any source,
+    references included) whose request holds one of the fold's questions, and without copies of its texts.
+    """
+    wanted = set(sources)
+    keys = {i: question_of(examples[i], questions) for i in pool}
+    known = [q.casefold() for q in questions if q]
+    folds = []
+    for group in range(k):
+        test = [i for i in pool if examples[i].source in wanted and _bucket(keys[i], k) == group]
+        held = {keys[i] for i in test}
+        held_questions = [q for q in known if q in held]
+        excluded = set(test) | {i for i in pool if keys[i] in held
+                                or any(q in (examples[i].prompt or "").casefold() for q in held_questions)}
+        if test:
+            folds.append(_fold(f"question:{group + 1}/{k}", examples, test, pool, excluded))
+    return folds
+
+
+def _bucket(key: str, k: int) -> int:
+    return int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % k
 
 
 @dataclass
@@ -165,7 +200,8 @@ def validation_record(results: Sequence[FoldResult], examples: Sequence[Example]
             "n_train": len(fold.train), "train_digest": digest(keys(fold.train)), "test_keys": keys(fold.test),
         })
     return {"recipe": recipe, "folds": folds, "pooled_loso": pooled(results).as_dict(),
-            "pooled_requests": pooled(results, "request:").as_dict()}
+            "pooled_requests": pooled(results, "request:").as_dict(),
+            "pooled_questions": pooled(results, "question:").as_dict()}
 
 
 def fit_recipe(examples: Sequence[Example], x: np.ndarray, rows: Sequence[int], config: HeadConfig,
@@ -187,11 +223,31 @@ class Protocol:
     heldout: list[int]
     hand_sources: list[str]
     reference_sources: list[str]
+    questions: list[str] = field(default_factory=list)
+    """The harmful questions the requests are built from (`known_questions`); none: no leave-questions-out."""
 
     def folds(self) -> list[Fold]:
-        """The folds of every protocol: leave-one-source-out, references, XSTest, then leave-requests-out."""
-        return (protocol_folds(self.examples, self.pool, self.hand_sources, self.reference_sources, self.heldout)
-                + request_folds(self.examples, self.pool, self.hand_sources, REQUEST_GROUPS))
+        """The folds of every protocol: leave-one-source-out, references, XSTest, leave-requests-out, then
+        leave-questions-out (when the questions are known)."""
+        folds = (protocol_folds(self.examples, self.pool, self.hand_sources, self.reference_sources, self.heldout)
+                 + request_folds(self.examples, self.pool, self.hand_sources, REQUEST_GROUPS))
+        if self.questions:
+            folds += question_folds(self.examples, self.pool, self.hand_sources, self.questions, REQUEST_GROUPS)
+        return folds
+
+
+def known_questions(data_files: Sequence[Any]) -> list[str]:
+    """The harmful questions requests are built from: those of the SafeEdit files given (each item's question
+    and its bare-question input) and the built-in benchmark's (`data/builtin/questions.yaml`)."""
+    from detoxedit.data.build import load_questions
+    from detoxedit.data.builtin import QUESTIONS
+    from detoxedit.data.safeedit import load_safeedit
+
+    questions = {q.text for q in load_questions(QUESTIONS)}
+    for path in data_files:
+        for item in load_safeedit(path):
+            questions |= {item.question, item.generalization.only_question}
+    return sorted(q for q in questions if q.strip())
 
 
 def build_protocol(data_files: Sequence[Any], label_files: Sequence[Any], xstest_files: Sequence[Any] = (),
@@ -208,21 +264,25 @@ def build_protocol(data_files: Sequence[Any], label_files: Sequence[Any], xstest
     heldout = examples_from_xstest(xstest_files, "test") if xstest_files else []
     examples = pool_examples + heldout
     return Protocol(examples, list(range(len(pool_examples))), list(range(len(pool_examples), len(examples))),
-                    sorted({e.source for e in hand}), sorted({e.source for e in references}))
+                    sorted({e.source for e in hand}), sorted({e.source for e in references}), known_questions(data_files))
 
 
 def error_rates_of(results: Sequence[FoldResult], hand_sources: Sequence[str]) -> dict[str, Any]:
     """A head's `error_rates` (what runs correct DS/DG with): the pooled leave-one-source-out counts, and
-    the pooled leave-requests-out counts as an alternative when those folds ran (module docstring)."""
+    the pooled leave-requests-out and leave-questions-out counts as alternatives, those that ran (module
+    docstring)."""
     def counts(total: Agreement, protocol: str) -> dict[str, Any]:
         return {"tp": total.tp, "fn": total.fn, "fp": total.fp, "tn": total.tn,
                 "measured_on": f"pooled {protocol} over {len(hand_sources)} sources of hand-labelled replies "
                                f"({', '.join(hand_sources)})"}
 
     rates = counts(pooled(results), "leave-one-source-out")
-    by_request = pooled(results, "request:")
-    if by_request.n:
-        rates["alternatives"] = [counts(by_request, f"leave-requests-out ({REQUEST_GROUPS} folds by request)")]
+    alternatives = [counts(total, f"{protocol} ({REQUEST_GROUPS} folds by {unit})")
+                    for prefix, protocol, unit in (("request:", "leave-requests-out", "request"),
+                                                   ("question:", "leave-questions-out", "harmful question"))
+                    if (total := pooled(results, prefix)).n]
+    if alternatives:
+        rates["alternatives"] = alternatives
     return rates
 
 
