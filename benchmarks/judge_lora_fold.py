@@ -1,4 +1,4 @@
-"""A judge candidate measured on one fold only: a LoRA-fine-tuned classifier on the default model.
+"""A judge candidate measured one fold at a time: a LoRA-fine-tuned classifier on the default model.
 
     .venv/bin/python benchmarks/judge_lora_fold.py [FOLD] [--epochs 1] [--limit N] [--sources NAME ...]
         FOLD: a fold of bench_judge.py's protocol (default loso:smollm_sampled); --limit: train on a seeded

@@ -162,8 +162,12 @@ def _correction_line(metrics: dict[str, Any], folder: Path) -> str:
                  for s in metric_specs(per_category=True)]
     if not rates or all(value is None for value in corrected):
         return f"Judge error: {metrics.get('correction', 'not measured')}."
+    others = rates.get("alternatives", [])
+    also = (f" The intervals also hold the judge's other measurements ("
+            + "; ".join(f"recall {a['recall']:.2f}, specificity {a['specificity']:.2f}" for a in others) + ")."
+            if others else "")
     return (f"Corrected: DS/DG estimated for the judge's measured error (recall {rates['recall']:.2f}, specificity "
-            f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in {folder / 'report.md'}.")
+            f"{rates['specificity']:.2f}; Rogan-Gladen, docs/judges.md); intervals in {folder / 'report.md'}.{also}")
 
 
 def _fmt(value: float | None, digits: int) -> str:

@@ -28,6 +28,21 @@ def test_demo_runs_and_writes_its_folder(tmp_path: Path, capsys) -> None:
     assert edited["DS"]["value"] is not None and edited["KQA"]["n"] == 2 and edited["Csum"]["n"] == 2
     printed = capsys.readouterr().out
     assert "after DINM" in printed and "DG-Avg" in printed and "Run folder" in printed
+    flat = " ".join(printed.split())  # rich wraps long lines
+    assert "The intervals also hold the judge's other measurements (recall" in flat  # the shipped alternatives
+
+
+def test_the_correction_line_names_every_measurement_the_intervals_hold(tmp_path: Path) -> None:
+    from detoxedit.demo import _correction_line
+
+    rates = {"recall": 0.8, "specificity": 0.75, "alternatives": [{"recall": 0.6, "specificity": 0.9}]}
+    metrics = {"judge_errors": rates, "variants": {"vanilla": {"metrics": {"DS": {"corrected": {"value": 50.0}}}}}}
+    line = _correction_line(metrics, tmp_path)
+    assert "recall 0.80, specificity 0.75" in line and "other measurements (recall 0.60, specificity 0.90)" in line
+    del rates["alternatives"]
+    assert "other measurements" not in _correction_line(metrics, tmp_path)
+    metrics = {"judge_errors": None, "correction": "none: judge 'refusal' has no measured error rates", "variants": {}}
+    assert _correction_line(metrics, tmp_path) == "Judge error: none: judge 'refusal' has no measured error rates."
 
 
 def test_demo_config_uses_the_builtin_test_split_and_mini_sets() -> None:
