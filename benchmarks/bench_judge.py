@@ -236,7 +236,7 @@ def write_error_rates(results, candidate: Candidate, folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for prefix, name in (("loso:", "leave-one-source-out"), *((p, t) for p, t in BY_REQUEST_TITLES)):
+    for prefix, name in (("loso:", "leave-one-source-out"), *BY_REQUEST_TITLES):
         if any(r.fold.name.startswith(prefix) for r in results):
             total = pooled(results, prefix)
             written[name] = JudgeErrorRates(total.tp, total.fn, total.fp, total.tn,
