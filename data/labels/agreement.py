@@ -40,17 +40,18 @@ class SourceAgreement:
 
 
 def cohen_kappa(first: list[int], second: list[int]) -> float | None:
-    """Cohen's kappa of two binary readings; None when chance agreement is total (both read one class only)."""
-    n = len(first)
-    observed = sum(a == b for a, b in zip(first, second)) / n
-    p_first, p_second = sum(first) / n, sum(second) / n
-    chance = p_first * p_second + (1 - p_first) * (1 - p_second)
-    return None if chance >= 1.0 else (observed - chance) / (1 - chance)
+    """Cohen's kappa of two binary readings (scikit-learn's); None when both read one and the same class only."""
+    from sklearn.metrics import cohen_kappa_score
+
+    return None if len(set(first) | set(second)) < 2 else float(cohen_kappa_score(first, second))
 
 
 def confusion(truth: list[int], reading: list[int]) -> dict[str, int]:
-    pairs = list(zip(truth, reading))
-    return {"tp": pairs.count((1, 1)), "fn": pairs.count((1, 0)), "fp": pairs.count((0, 1)), "tn": pairs.count((0, 0))}
+    """A reading's confusion counts against the stored labels, as the judge's are counted."""
+    from detoxedit.judges.training import agreement
+
+    counts = agreement(truth, reading)
+    return {"tp": counts.tp, "fn": counts.fn, "fp": counts.fp, "tn": counts.tn}
 
 
 def source_agreement(path: Path) -> SourceAgreement:

@@ -15,10 +15,10 @@ Empty replies are labelled 0.5 by rule, not by the judge, so they stay outside t
 count half, as in the raw metric. The correction assumes the judge errs on these replies as it did
 on its validation set; a judge validated on other kinds of replies can still mislead.
 
-Honest validations of one judge can disagree (leave-one-source-out against leave-requests-out:
-docs/judges.md). `JudgeErrorRates.alternatives` holds the others: the value still uses the first
+Honest validations of one judge can disagree (leave-one-source-out against leave-requests-out and
+leave-questions-out: docs/judges.md). `JudgeErrorRates.alternatives` holds the others: the value still uses the first
 counts, but every resample draws its rates from one of the measurements, chosen at random, so the
-interval also holds the choice between them. The shipped embedded heads carry both protocols' counts.
+interval also holds the choice between them. The shipped embedded heads carry all three protocols' counts.
 """
 
 from __future__ import annotations
